@@ -1,0 +1,27 @@
+"""ppolab: Proximal Policy Optimization (Schulman et al. 2017, arXiv 1707.06347) on JAX.
+
+    import ppolab
+    result = ppolab.train(ppolab.Config(env="CartPole-v1"))
+    result.summary["eval_return_mean"]
+"""
+
+from ppolab.config import PRESETS, Config, ConfigError
+
+__version__ = "0.1.0"
+
+
+def train(cfg: Config | None = None, **kwargs):
+    """Train ``cfg`` (default: CartPole-v1). See ``ppolab.train.train``."""
+    from ppolab.train import train as _train
+
+    return _train(cfg if cfg is not None else Config(), **kwargs)
+
+
+def evaluate(run_dir, episodes: int = 10, deterministic: bool = True, seed: int = 12345):
+    """Evaluate the newest good checkpoint of a run directory."""
+    from ppolab.train import evaluate_run
+
+    return evaluate_run(run_dir, episodes, deterministic, seed)
+
+
+__all__ = ["Config", "ConfigError", "PRESETS", "train", "evaluate", "__version__"]

@@ -1,0 +1,252 @@
+"""Command line: ``ppolab train | eval | compare | plot``. Built on tyro: the Config field docstrings are the help.
+
+Bad input never produces a traceback: a one-line ``ppolab: error: ...`` naming the value and what is allowed, exit
+code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import tyro
+
+from ppolab.config import SWEEPABLE, Config, ConfigError
+
+USAGE = """usage: ppolab {train,eval,compare,plot} [options]
+
+  train     train an agent (default: CartPole-v1); --help lists every option
+  eval      evaluate a run directory's checkpoint: ppolab eval RUN_DIR [--episodes N]
+  compare   the paper's Table 1 comparison of surrogate objectives (normalized scores)
+  plot      redraw a run directory's learning curve
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fail(msg: str, code: int = 2):
+    print(f"ppolab: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _split_sweeps(argv: list[str]) -> list[str]:
+    """``--clip-eps 0.1,0.2`` -> ``--clip-eps 0.1 0.2`` for the sweepable coefficients."""
+    flags = {"--" + k.replace("_", "-") for k in SWEEPABLE}
+    out = []
+    for i, tok in enumerate(argv):
+        if i > 0 and argv[i - 1] in flags and "," in tok:
+            out.extend(x for x in tok.split(",") if x)
+        elif "=" in tok and tok.split("=", 1)[0] in flags and "," in tok:
+            flag, val = tok.split("=", 1)
+            out.append(flag)
+            out.extend(x for x in val.split(",") if x)
+        else:
+            out.append(tok)
+    return out
+
+
+def _tyro_parse(cls, argv: list[str], prog: str, default=None):
+    """tyro, with its error box condensed to one line."""
+    if any(a in ("-h", "--help") for a in argv):
+        return tyro.cli(cls, args=argv, prog=prog, default=default)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            return tyro.cli(cls, args=argv, prog=prog, default=default)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        text = re.sub(r"[│╭╮╰╯─━┃]+", " ", buf.getvalue())
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith(("For full helptext", "Argument helptext"))]
+        detail = " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
+        raise UsageError(f"{detail.strip()} (see ppolab {prog.split()[-1]} --help)") from None
+
+
+def _explicit_fields(argv: list[str]) -> set[str]:
+    names = {f.name for f in dataclasses.fields(Config)}
+    out = set()
+    for tok in argv:
+        if not tok.startswith("--"):
+            continue
+        flag = tok[2:].split("=", 1)[0].replace("-", "_")
+        if flag in names:
+            out.add(flag)
+        elif flag.startswith("no_") and flag[3:] in names:
+            out.add(flag[3:])
+    return out
+
+
+def load_config_file(path: str) -> dict:
+    """YAML or TOML file of Config keys (dashes or underscores)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path!r} does not exist or is not a file")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix.lower() in (".yaml", ".yml", ".json"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"--config {path!r}: unknown file type {p.suffix!r}; use .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"--config {path!r} cannot be parsed: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path!r} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
+    out, value, i = [], None, 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == name:
+            if i + 1 >= len(argv):
+                raise UsageError(f"{name} needs a value")
+            value = argv[i + 1]
+            i += 2
+            continue
+        if tok.startswith(name + "="):
+            value = tok.split("=", 1)[1]
+        else:
+            out.append(tok)
+        i += 1
+    return out, value
+
+
+def parse_train_args(argv: list[str]) -> tuple[Config, set[str], str | None]:
+    from ppolab.config import from_dict
+
+    argv, resume = _pop_option(argv, "--resume")
+    argv, config_file = _pop_option(argv, "--config")
+    argv = _split_sweeps(argv)
+    base = Config()
+    explicit: set[str] = set()
+    if config_file is not None:
+        file_values = load_config_file(config_file)
+        base = from_dict(file_values)
+        explicit |= set(file_values)
+    cfg = _tyro_parse(Config, argv, "ppolab train", default=base)
+    explicit |= _explicit_fields(argv)
+    return cfg, explicit, resume
+
+
+@dataclasses.dataclass
+class EvalArgs:
+    run_dir: tyro.conf.Positional[str]
+    """Run directory written by ppolab train."""
+    episodes: int = 10
+    """Evaluation episodes per agent."""
+    stochastic: bool = False
+    """Sample actions instead of taking the distribution's mode."""
+    seed: int = 12345
+    """Seed of the evaluation episodes."""
+    video: bool = False
+    """Also record one episode of agent 0 to RUN_DIR/videos (GIF)."""
+
+
+@dataclasses.dataclass
+class PlotArgs:
+    run_dir: tyro.conf.Positional[str]
+    """Run directory written by ppolab train."""
+
+
+def cmd_train(argv: list[str]) -> int:
+    from rich.console import Console
+
+    from ppolab.train import train
+
+    cfg, explicit, resume = parse_train_args(argv)
+    console = Console(stderr=True)
+    result = train(cfg, explicit={k: getattr(cfg, k) for k in explicit}, resume=resume, console=console)
+    s = result.summary
+    if "stopped" in s:
+        return 0
+    ev = s.get("eval_return_mean")
+    console.print(f"[bold green]done[/] {s['env_id']} / {s['objective']}: {s['total_timesteps']:,} steps in "
+                  f"{s['wall_time_s']:.1f} s ({s['sps']:,.0f} SPS)"
+                  + (f", eval return {ev:.1f} +- {s['eval_return_std']:.1f}" if ev is not None else "")
+                  + f"\nrun directory: {result.run_dir}")
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from ppolab.train import evaluate_run
+
+    args = _tyro_parse(EvalArgs, argv, "ppolab eval")
+    if not Path(args.run_dir).is_dir():
+        raise ConfigError(f"run directory {args.run_dir!r} does not exist")
+    out = evaluate_run(args.run_dir, args.episodes, not args.stochastic, args.seed, video=args.video)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    from ppolab.logging import plot_learning_curve
+
+    args = _tyro_parse(PlotArgs, argv, "ppolab plot")
+    if not (Path(args.run_dir) / "metrics.csv").is_file():
+        raise ConfigError(f"{args.run_dir!r} has no metrics.csv (is it a ppolab run directory?)")
+    print(plot_learning_curve(Path(args.run_dir)))
+    return 0
+
+
+def cmd_compare(argv: list[str]) -> int:
+    from ppolab.experiments.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "compare": cmd_compare}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        if not argv:
+            argv = ["train"]
+        else:
+            print(USAGE)
+            return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        return _fail(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
+    from ppolab.checkpoint import CheckpointError
+    from ppolab.envs.gymnasium_vec import EnvError
+    from ppolab.spaces import UnsupportedSpaceError
+    from ppolab.train import TrainingError
+
+    try:
+        return COMMANDS[cmd](rest)
+    except (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, UsageError) as e:
+        return _fail(str(e))
+    except TrainingError as e:
+        return _fail(str(e), code=1)
+    except KeyboardInterrupt:
+        print("ppolab: interrupted", file=sys.stderr)
+        return 130
+
+
+def _entry():  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

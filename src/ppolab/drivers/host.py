@@ -1,0 +1,153 @@
+"""The Python-loop driver: Gymnasium (or any host-side vector env) collects the rollout, the jitted learner updates.
+
+K agents (seeds x swept hyperparameters) x B actors share one vector env; the acting is one numpy forward pass over
+all K x B observations per step (or one jitted call for CNN policies), and the update one ``jax.vmap``-ed call.
+Random draws for acting come from per-agent numpy generators seeded from each agent's JAX key, so an agent's rollout
+does not depend on the other agents in the population.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppolab.config import Config
+from ppolab.networks import ActorCritic, NumpyPolicy
+from ppolab.types import Rollout, TrainState
+from ppolab.update import LearnerSpec, learn, prepare_obs
+
+
+def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, deterministic: bool = False):
+    """Single-agent jitted acting: obs [B, *obs] -> actions [B, ...]."""
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, obs))
+    return dist.mode() if deterministic else dist.sample(key)
+
+
+def _noise_shape(net: ActorCritic):
+    return (net.action.head_size,)
+
+
+def _numpy_normalize(state_np, obs, eps=1e-8):
+    """obs [K, B, *obs] with stats [K, *obs] -> normalized (same as ``normalize.normalize_obs``)."""
+    mean = state_np.mean[:, None]
+    std = np.sqrt(state_np.var[:, None] + eps)
+    return np.clip((obs - mean) / std, -10.0, 10.0).astype(np.float32)
+
+
+class HostDriver:
+    def __init__(self, cfg: Config, env, net: ActorCritic, spec: LearnerSpec, num_agents: int):
+        self.cfg, self.env, self.net, self.spec, self.K = cfg, env, net, spec, num_agents
+        self.B, self.T = cfg.num_envs, cfg.num_steps
+        self.obs_spec, self.action_spec = env.obs_spec, env.action_spec
+        backend = cfg.act_backend
+        if backend == "auto":
+            backend = "numpy" if NumpyPolicy.supports(net) else "jax"
+        if backend == "numpy" and not NumpyPolicy.supports(net):
+            raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
+        self.backend = backend
+        self.learn = jax.jit(jax.vmap(functools.partial(learn, spec, net)))
+        self._act = jax.jit(jax.vmap(functools.partial(act, spec, net), in_axes=(0, 0, 0, None)),
+                            static_argnames="deterministic")
+        self.obs = None
+        K, T, B = self.K, self.T, self.B
+        odt = np.uint8 if self.obs_spec.image else np.float32
+        self._obs = np.zeros((K, T, B) + self.obs_spec.shape, odt)
+        self._final = np.zeros_like(self._obs)
+        self._act_buf = np.zeros((K, T, B) + self.action_spec.shape, self.action_spec.dtype)
+        self._rew = np.zeros((K, T, B), np.float32)
+        self._term = np.zeros((K, T, B), bool)
+        self._trunc = np.zeros((K, T, B), bool)
+
+    # ---- episodes ---------------------------------------------------------------------------------------------
+    def start(self, seeds: list[int]):
+        """Reset every actor with its own seed (K * B seeds)."""
+        self.obs = self.env.reset(seeds)
+
+    def close(self):
+        self.env.close()
+
+    def driver_state(self):
+        return None  # Gymnasium envs cannot be snapshotted; a resumed run restarts episodes from derived seeds
+
+    # ---- acting ---------------------------------------------------------------------------------------------------
+    def _policy(self, state: TrainState):
+        if self.backend != "numpy":
+            return None
+        return NumpyPolicy.from_params(self.net, jax.device_get(state.params))
+
+    def _rngs(self, state: TrainState):
+        keys = np.asarray(jax.device_get(state.key))
+        return [np.random.default_rng([int(x) for x in keys[k].ravel()] + [0x5EED]) for k in range(self.K)]
+
+    def _actions(self, policy, state, obs_stats_np, obs, noise_t, t, key):
+        if policy is not None:
+            x = _numpy_normalize(obs_stats_np, obs) if self.spec.normalize_obs else obs
+            return policy.sample_with_noise(x, noise_t)
+        return np.asarray(self._act(state, jnp.asarray(obs), jax.random.fold_in(key, t)))
+
+    def collect(self, state: TrainState):
+        """One rollout of T steps for every agent. Returns (Rollout with leaves [K, T, B, ...], episodes)."""
+        policy = self._policy(state)
+        obs_stats = jax.device_get(state.obs_stats) if self.spec.normalize_obs else None
+        noise = None
+        key = None
+        if policy is not None:
+            noise = np.stack([policy.draw_noise(rng, (self.T, self.B)) for rng in self._rngs(state)])
+        else:
+            key = jax.random.fold_in(jax.random.PRNGKey(0), int(np.asarray(jax.device_get(state.key))[0].sum()))
+        episodes = []
+        obs = self.obs
+        for t in range(self.T):
+            self._obs[:, t] = obs
+            action = self._actions(policy, state, obs_stats, obs, None if noise is None else noise[:, t], t, key)
+            self._act_buf[:, t] = action
+            obs, rew, term, trunc, final, eps = self.env.step(action)
+            self._rew[:, t], self._term[:, t], self._trunc[:, t], self._final[:, t] = rew, term, trunc, final
+            episodes.extend(eps)
+        self.obs = obs
+        rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
+                          truncated=self._trunc, final_obs=self._final, last_obs=obs)
+        return rollout, episodes
+
+    def run(self, state: TrainState, num_iterations: int = 1):
+        """Collect and learn ``num_iterations`` times. Returns (state, [metrics per iteration], [episodes per it])."""
+        all_metrics, all_episodes = [], []
+        for _ in range(num_iterations):
+            rollout, episodes = self.collect(state)
+            state, metrics = self.learn(state, rollout)
+            all_metrics.append(jax.device_get(metrics))
+            all_episodes.append(episodes)
+        return state, all_metrics, all_episodes
+
+    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int, make_env) -> np.ndarray:
+        """Returns [K, episodes]: the first episode of each of ``episodes`` fresh actors per agent."""
+        env = make_env(episodes)
+        try:
+            obs = env.reset(seed)
+            policy = self._policy(state)
+            obs_stats = jax.device_get(state.obs_stats) if self.spec.normalize_obs else None
+            rngs = self._rngs(state)
+            returns = np.full((self.K, episodes), np.nan)
+            alive = np.ones((self.K, episodes), bool)
+            key = jax.random.PRNGKey(seed)
+            t = 0
+            while alive.any():
+                if policy is not None:
+                    x = _numpy_normalize(obs_stats, obs) if self.spec.normalize_obs else obs
+                    noise = None if deterministic else np.stack([policy.draw_noise(r, (episodes,)) for r in rngs])
+                    action = policy.sample_with_noise(x, noise)
+                else:
+                    action = np.asarray(self._act(state, jnp.asarray(obs), jax.random.fold_in(key, t),
+                                                  deterministic=deterministic))
+                obs, _, _, _, _, eps = env.step(action)
+                for agent, b, r, _ in eps:
+                    if alive[agent, b]:
+                        returns[agent, b] = r
+                        alive[agent, b] = False
+                t += 1
+            return returns
+        finally:
+            env.close()

@@ -1,0 +1,106 @@
+"""Metric sinks: metrics.csv (one row per iteration and agent), TensorBoard, and the learning-curve plot.
+
+On resume both continue from the checkpoint's iteration: CSV rows past it are dropped, and TensorBoard is told to
+purge events at or after that step, so curves have neither gaps nor duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from ppolab.update import METRIC_KEYS
+
+CSV_FIELDS = ("iteration", "agent", "env_steps", "time_s", "episodes", "episode_return", "return_recent") + METRIC_KEYS
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_iteration: int | None = None):
+        self.path = Path(run_dir) / "metrics.csv"
+        if resume_iteration is not None and self.path.exists():
+            self._truncate(resume_iteration)
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            self._csv.writeheader()
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            kw = {"purge_step": resume_iteration + 1} if resume_iteration is not None else {}
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=30, **kw)
+
+    def _truncate(self, last_iteration: int):
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows:
+            return
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_iteration]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+        tmp.replace(self.path)
+
+    def log(self, rows: list[dict]):
+        for row in rows:
+            self._csv.writerow({k: _fmt(v) for k, v in row.items()})
+            if self._tb is not None:
+                step = int(row["env_steps"])
+                tag = f"agent{row['agent']}/" if row.get("num_agents", 1) > 1 else ""
+                for k in ("episode_return", "return_recent") + METRIC_KEYS:
+                    v = row.get(k)
+                    if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                        self._tb.add_scalar(f"{tag}{k}", float(v), step)
+
+    def flush(self):
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self):
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_learning_curve(run_dir: Path, title: str = "") -> Path:
+    """learning_curve.png: recent mean episode return against environment steps, one line per agent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    curves: dict[str, tuple[list, list]] = {}
+    for r in rows:
+        if r.get("return_recent") not in (None, ""):
+            xs, ys = curves.setdefault(r["agent"], ([], []))
+            xs.append(int(r["env_steps"]))
+            ys.append(float(r["return_recent"]))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for agent, (xs, ys) in sorted(curves.items(), key=lambda kv: int(kv[0])):
+        ax.plot(xs, ys, label=f"agent {agent}" if len(curves) > 1 else None)
+    ax.set_xlabel("environment steps (per agent)")
+    ax.set_ylabel("mean episode return (last 100)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if 1 < len(curves) <= 12:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(run_dir) / "learning_curve.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,64 @@
+"""Named pytrees that flow through one iteration (see docs/architecture.md)."""
+
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+from ppolab.normalize import ReturnStats, RunningMeanStd
+
+
+class HParams(struct.PyTreeNode):
+    """Traced coefficients of one agent (scalars); vmapping over them sweeps hyperparameters in one program."""
+
+    learning_rate: jax.Array
+    clip_eps: jax.Array
+    kl_beta: jax.Array      # initial beta of L^KLPEN
+    kl_target: jax.Array    # d_targ
+    ent_coef: jax.Array     # c2
+    vf_coef: jax.Array      # c1
+    gamma: jax.Array
+    gae_lambda: jax.Array
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything the learner needs to continue exactly: a checkpoint is this pytree plus the config."""
+
+    params: dict
+    opt_state: tuple
+    hparams: HParams
+    beta: jax.Array            # current KL penalty coefficient (adapted once per update for kl-adaptive)
+    obs_stats: RunningMeanStd
+    ret_stats: ReturnStats
+    iteration: jax.Array       # updates done so far (position of the alpha schedule)
+    env_steps: jax.Array       # environment steps so far (per agent)
+    key: jax.Array             # PRNG key, split every iteration
+
+
+class Rollout(struct.PyTreeNode):
+    """T steps of B actors, time-major. Raw (unnormalized) observations and rewards; the learner derives the rest.
+
+    obs[t] is the observation the action was chosen from; terminated[t] / truncated[t] are the flags after step t;
+    final_obs[t] is the last observation of the episode that ended at step t (meaningful where truncated[t]);
+    last_obs is the observation after the final step, for V(s_T).
+    """
+
+    obs: jax.Array          # [T, B, *obs]
+    actions: jax.Array      # [T, B, *act] (unclipped)
+    rewards: jax.Array      # [T, B]
+    terminated: jax.Array   # [T, B] bool
+    truncated: jax.Array    # [T, B] bool
+    final_obs: jax.Array    # [T, B, *obs]
+    last_obs: jax.Array     # [B, *obs]
+
+
+class Batch(struct.PyTreeNode):
+    """A flattened batch of N = T * B samples as the update sees it."""
+
+    obs: jax.Array          # [N, *obs] normalized
+    actions: jax.Array      # [N, *act]
+    old_log_prob: jax.Array  # [N] log pi_old(a|s)
+    old_dist: object        # distribution pytree, leaves [N, ...]: pi_old(.|s) for the exact KL
+    old_values: jax.Array   # [N] V_old(s)
+    advantages: jax.Array   # [N]
+    targets: jax.Array      # [N] V^targ = A + V_old

@@ -1,0 +1,218 @@
+"""The PPO learner: one pure function ``learn(spec, net, state, rollout) -> (state, metrics)`` used by every driver.
+
+Algorithm 1 of the paper: from a rollout of N actors x T steps, compute advantages (GAE, eqs. 11-12), then optimize
+the chosen surrogate for K epochs of minibatch Adam, theta_old <- theta. Controllers (the adaptive KL beta of
+section 4, the alpha schedule of lr / clip range) run once per update, after the epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ppolab import advantages as adv_lib
+from ppolab import normalize as norm_lib
+from ppolab.config import Config
+from ppolab.networks import ActorCritic
+from ppolab.objectives import OBJECTIVE_FNS, PolicyTerms, adapt_beta, value_loss
+from ppolab.types import Batch, HParams, Rollout, TrainState
+
+METRIC_KEYS = (
+    "policy_loss", "value_loss", "entropy", "kl", "approx_kl", "clip_fraction", "explained_variance",
+    "ratio_min", "ratio_max", "beta", "learning_rate", "clip_eps", "grad_norm", "minibatches_done",
+    "nonfinite_input", "nonfinite_update",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerSpec:
+    """The static part of the configuration: it fixes the compiled program (hashable)."""
+
+    objective: str
+    num_epochs: int
+    num_minibatches: int
+    num_iterations: int
+    norm_adv: bool
+    vf_clip: float | None
+    max_grad_norm: float | None
+    adam_eps: float
+    anneal_lr: bool
+    anneal_clip: bool
+    normalize_obs: bool
+    normalize_reward: bool
+    target_kl: float | None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LearnerSpec:
+        return cls(cfg.objective, cfg.num_epochs, cfg.num_minibatches, cfg.num_iterations, cfg.norm_adv,
+                   cfg.vf_clip, cfg.max_grad_norm, cfg.adam_eps, cfg.anneal_lr, cfg.anneal_clip,
+                   cfg.normalize_obs, cfg.normalize_reward, cfg.target_kl)
+
+
+def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
+    """Adam direction (with optional global-norm clipping); the step size is applied in ``learn`` so that it can be
+    a traced, annealed value."""
+    parts = [optax.clip_by_global_norm(spec.max_grad_norm)] if spec.max_grad_norm is not None else []
+    return optax.chain(*parts, optax.scale_by_adam(eps=spec.adam_eps))
+
+
+def init_state(spec: LearnerSpec, net: ActorCritic, key, hparams: HParams, num_envs: int) -> TrainState:
+    """A fresh single-agent train state (vmap it over keys and hparams for a population)."""
+    init_key, key = jax.random.split(key)
+    dummy = jnp.zeros((1,) + net.obs.shape, jnp.uint8 if net.obs.image else jnp.float32)
+    params = net.init(init_key, dummy)
+    return TrainState(
+        params=params, opt_state=make_optimizer(spec).init(params), hparams=hparams,
+        beta=jnp.asarray(hparams.kl_beta, jnp.float32), obs_stats=norm_lib.RunningMeanStd.create(net.obs.shape),
+        ret_stats=norm_lib.ReturnStats.create(num_envs), iteration=jnp.asarray(0, jnp.int32),
+        env_steps=jnp.asarray(0, jnp.int32), key=key)
+
+
+def alpha(spec: LearnerSpec, iteration):
+    """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last)."""
+    return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
+
+
+def prepare_obs(spec: LearnerSpec, state: TrainState, obs):
+    """Observation as the network sees it (normalized with the frozen running stats when enabled)."""
+    if spec.normalize_obs:
+        return norm_lib.normalize_obs(state.obs_stats, obs)
+    return obs
+
+
+def _all_finite(tree):
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _take(tree, idx):
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
+def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout, perm0):
+    """Advantages and the old policy's quantities for a rollout.
+
+    The old policy pi_theta_old is evaluated here, with theta_old = state.params, in exactly the minibatch shapes of
+    the first epoch (order ``perm0``), so that on the first minibatch of the first epoch r_t(theta) is exactly 1.
+    """
+    T, B = rollout.rewards.shape
+    N = T * B
+    hp = state.hparams
+    obs = prepare_obs(spec, state, rollout.obs)
+    flat_obs = obs.reshape((N,) + obs.shape[2:])
+    flat_act = rollout.actions.reshape((N,) + rollout.actions.shape[2:])
+    mb_idx = perm0.reshape(spec.num_minibatches, -1)
+
+    def old_policy(_, idx):
+        dist, value = net.apply(state.params, flat_obs[idx])
+        return None, (dist, dist.log_prob(flat_act[idx]), value)
+
+    _, (old_dist, old_logp, old_values) = jax.lax.scan(old_policy, None, mb_idx)
+    inv = jnp.argsort(perm0)
+    unperm = lambda x: x.reshape((N,) + x.shape[2:])[inv]
+    old_dist, old_logp, old_values = jax.tree_util.tree_map(unperm, (old_dist, old_logp, old_values))
+
+    _, last_value = net.apply(state.params, prepare_obs(spec, state, rollout.last_obs))
+    _, final_values = net.apply(state.params, prepare_obs(spec, state, rollout.final_obs))
+    rewards = rollout.rewards.astype(jnp.float32)
+    ret_stats = state.ret_stats
+    if spec.normalize_reward:
+        ret_stats, rewards = norm_lib.scale_rewards(
+            state.ret_stats, rewards, rollout.terminated | rollout.truncated, hp.gamma)
+    advantages, targets = adv_lib.gae(rewards, old_values.reshape(T, B), rollout.terminated, rollout.truncated,
+                                      final_values, last_value, hp.gamma, hp.gae_lambda)
+    batch = Batch(obs=flat_obs, actions=flat_act, old_log_prob=old_logp, old_dist=old_dist, old_values=old_values,
+                  advantages=advantages.reshape(N), targets=targets.reshape(N))
+    return batch, ret_stats
+
+
+def loss_fn(params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip_eps, beta, hp: HParams):
+    """-L^{policy} + c1 L^VF - c2 S  (eq. 9 with the chosen policy surrogate), and diagnostics."""
+    dist, values = net.apply(params, mb.obs)
+    log_prob = dist.log_prob(mb.actions)
+    advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv else mb.advantages
+    terms = PolicyTerms(log_prob=log_prob, old_log_prob=mb.old_log_prob, advantages=advantages,
+                        kl=mb.old_dist.kl(dist))
+    surrogate = OBJECTIVE_FNS[spec.objective](terms, clip_eps, beta)
+    v_loss = value_loss(values, mb.old_values, mb.targets, spec.vf_clip)
+    entropy = jnp.mean(dist.entropy())
+    loss = -surrogate + hp.vf_coef * v_loss - hp.ent_coef * entropy
+    ratio = jax.lax.stop_gradient(terms.ratio)
+    log_ratio = jax.lax.stop_gradient(log_prob - mb.old_log_prob)
+    aux = dict(policy_loss=-surrogate, value_loss=v_loss, entropy=entropy,
+               approx_kl=jnp.mean((ratio - 1.0) - log_ratio),  # k3 estimator
+               clip_fraction=jnp.mean((jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32)),
+               ratio_min=jnp.min(ratio), ratio_max=jnp.max(ratio))
+    return loss, aux
+
+
+def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout):
+    """One PPO iteration's learning step for one agent. Returns (new state, metrics dict of scalars)."""
+    hp = state.hparams
+    T, B = rollout.rewards.shape
+    N = T * B
+    key, perm_key = jax.random.split(state.key)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, N))(jax.random.split(perm_key, spec.num_epochs))
+    a = alpha(spec, state.iteration)
+    lr = hp.learning_rate * a if spec.anneal_lr else hp.learning_rate
+    clip_eps = hp.clip_eps * a if spec.anneal_clip else hp.clip_eps
+    beta = state.beta
+    input_ok = _all_finite((rollout.obs, rollout.rewards, rollout.final_obs, rollout.last_obs))
+
+    batch, ret_stats = make_batch(spec, net, state, rollout, perms[0])
+    tx = make_optimizer(spec)
+    zero_aux = dict(policy_loss=0.0, value_loss=0.0, entropy=0.0, approx_kl=0.0, clip_fraction=0.0,
+                    ratio_min=jnp.inf, ratio_max=-jnp.inf, grad_norm=0.0)
+    zero_aux = {k: jnp.asarray(v, jnp.float32) for k, v in zero_aux.items()}
+
+    def minibatch(carry, idx):
+        params, opt_state, stop, sums, done, bad = carry
+        mb = _take(batch, idx)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, spec, net, mb, clip_eps, beta, hp)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
+        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+        if spec.target_kl is not None:
+            stop = stop | (aux["approx_kl"] > 1.5 * spec.target_kl)  # checked before the step (as SB3)
+        take = ~stop & finite & input_ok
+        pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
+        aux = dict(aux, grad_norm=optax.global_norm(grads))
+        sums = {k: jnp.where(take, (jnp.minimum if k == "ratio_min" else jnp.maximum if k == "ratio_max"
+                                    else jnp.add)(sums[k], aux[k]), sums[k]) for k in sums}
+        carry = (pick(new_params, params), pick(new_opt, opt_state), stop, sums, done + take,
+                 bad + (~finite & ~stop))
+        return carry, None
+
+    def epoch(carry, perm):
+        carry, _ = jax.lax.scan(minibatch, carry, perm.reshape(spec.num_minibatches, -1))
+        return carry, None
+
+    init = (state.params, state.opt_state, jnp.asarray(False), zero_aux, jnp.asarray(0, jnp.int32),
+            jnp.asarray(0, jnp.int32))
+    (params, opt_state, _, sums, done, bad), _ = jax.lax.scan(epoch, init, perms)
+
+    # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
+    new_dist, _ = net.apply(params, batch.obs)
+    kl = jnp.mean(batch.old_dist.kl(new_dist))
+    new_beta = adapt_beta(beta, kl, hp.kl_target) if spec.objective == "kl-adaptive" else beta
+    obs_stats = state.obs_stats.update(rollout.obs) if spec.normalize_obs else state.obs_stats
+    if not spec.normalize_reward:
+        ret_stats = state.ret_stats
+    keep_inputs = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(input_ok, n, o), new, old)
+    obs_stats, ret_stats = keep_inputs((obs_stats, ret_stats), (state.obs_stats, state.ret_stats))
+
+    n = jnp.maximum(done, 1).astype(jnp.float32)
+    var_t = jnp.var(batch.targets)
+    metrics = {k: v / n for k, v in sums.items() if k not in ("ratio_min", "ratio_max")}
+    metrics.update(
+        ratio_min=sums["ratio_min"], ratio_max=sums["ratio_max"], kl=kl, beta=beta, learning_rate=lr,
+        clip_eps=clip_eps, minibatches_done=done.astype(jnp.float32),
+        explained_variance=jnp.where(var_t > 0, 1.0 - jnp.var(batch.targets - batch.old_values) / var_t, 0.0),
+        nonfinite_input=(~input_ok).astype(jnp.float32), nonfinite_update=bad.astype(jnp.float32))
+    new_state = state.replace(params=params, opt_state=opt_state, beta=new_beta, obs_stats=obs_stats,
+                              ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + N,
+                              key=key)
+    return new_state, metrics
