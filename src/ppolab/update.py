@@ -23,8 +23,11 @@ from ppolab.types import Batch, HParams, Rollout, TrainState
 METRIC_KEYS = (
     "policy_loss", "value_loss", "entropy", "kl", "approx_kl", "clip_fraction", "explained_variance",
     "ratio_min", "ratio_max", "beta", "learning_rate", "clip_eps", "grad_norm", "minibatches_done",
-    "nonfinite_input", "nonfinite_update",
+    "nonfinite_input", "nonfinite_update", "nonfinite_kind",
 )
+#: Bits of the ``nonfinite_kind`` metric: which quantities were non-finite in this update (0 when all were finite).
+#: "parameters": the parameters after a minibatch step; "incoming parameters": already before the update.
+NONFINITE_BITS = {"observation": 1, "reward": 2, "loss": 4, "gradient": 8, "parameters": 16, "incoming parameters": 32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,10 @@ def prepare_obs(spec: LearnerSpec, state: TrainState, obs):
 def _all_finite(tree):
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _global_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def _take(tree, idx):
@@ -160,7 +167,10 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
     lr = hp.learning_rate * a if spec.anneal_lr else hp.learning_rate
     clip_eps = hp.clip_eps * a if spec.anneal_clip else hp.clip_eps
     beta = state.beta
-    input_ok = _all_finite((rollout.obs, rollout.rewards, rollout.final_obs, rollout.last_obs))
+    obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
+    reward_ok = _all_finite(rollout.rewards)
+    params_ok = _all_finite(state.params)
+    input_ok = obs_ok & reward_ok
 
     batch, ret_stats = make_batch(spec, net, state, rollout, perms[0])
     tx = make_optimizer(spec)
@@ -169,21 +179,26 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
     zero_aux = {k: jnp.asarray(v, jnp.float32) for k, v in zero_aux.items()}
 
     def minibatch(carry, idx):
-        params, opt_state, stop, sums, done, bad = carry
+        params, opt_state, stop, sums, done, bad, kind = carry
         mb = _take(batch, idx)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, spec, net, mb, clip_eps, beta, hp)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
-        finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
+        loss_ok, grads_ok, new_ok = jnp.isfinite(loss), _all_finite(grads), _all_finite(new_params)
+        finite = loss_ok & grads_ok & new_ok
         if spec.target_kl is not None:
             stop = stop | (aux["approx_kl"] > 1.5 * spec.target_kl)  # checked before the step (as SB3)
         take = ~stop & finite & input_ok
         pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
-        aux = dict(aux, grad_norm=optax.global_norm(grads))
+        aux = dict(aux, grad_norm=_global_norm(grads))
         sums = {k: jnp.where(take, (jnp.minimum if k == "ratio_min" else jnp.maximum if k == "ratio_max"
                                     else jnp.add)(sums[k], aux[k]), sums[k]) for k in sums}
+        flag = ~stop & input_ok  # the update would have been applied: record why it was not
+        kind = kind | jnp.where(flag & ~loss_ok, NONFINITE_BITS["loss"], 0) \
+            | jnp.where(flag & ~grads_ok, NONFINITE_BITS["gradient"], 0) \
+            | jnp.where(flag & ~new_ok, NONFINITE_BITS["parameters"], 0)
         carry = (pick(new_params, params), pick(new_opt, opt_state), stop, sums, done + take,
-                 bad + (~finite & ~stop))
+                 bad + (~finite & ~stop), kind)
         return carry, None
 
     def epoch(carry, perm):
@@ -191,8 +206,10 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         return carry, None
 
     init = (state.params, state.opt_state, jnp.asarray(False), zero_aux, jnp.asarray(0, jnp.int32),
-            jnp.asarray(0, jnp.int32))
-    (params, opt_state, _, sums, done, bad), _ = jax.lax.scan(epoch, init, perms)
+            jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
+    (params, opt_state, _, sums, done, bad, kind), _ = jax.lax.scan(epoch, init, perms)
+    kind = kind | jnp.where(obs_ok, 0, NONFINITE_BITS["observation"]) | jnp.where(
+        reward_ok, 0, NONFINITE_BITS["reward"]) | jnp.where(params_ok, 0, NONFINITE_BITS["incoming parameters"])
 
     # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
     new_dist, _ = net.apply(params, batch.obs)
@@ -211,7 +228,8 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         ratio_min=sums["ratio_min"], ratio_max=sums["ratio_max"], kl=kl, beta=beta, learning_rate=lr,
         clip_eps=clip_eps, minibatches_done=done.astype(jnp.float32),
         explained_variance=jnp.where(var_t > 0, 1.0 - jnp.var(batch.targets - batch.old_values) / var_t, 0.0),
-        nonfinite_input=(~input_ok).astype(jnp.float32), nonfinite_update=bad.astype(jnp.float32))
+        nonfinite_input=(~input_ok).astype(jnp.float32), nonfinite_update=bad.astype(jnp.float32),
+        nonfinite_kind=kind.astype(jnp.float32))
     new_state = state.replace(params=params, opt_state=opt_state, beta=new_beta, obs_stats=obs_stats,
                               ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + N,
                               key=key)

@@ -5,7 +5,10 @@ Optional back-ends are imported lazily, so a missing extra only matters when its
 
 from __future__ import annotations
 
+from ppolab.envs import probes
 from ppolab.envs.gymnasium_vec import EnvError, check_env_id
+
+probes.register()
 
 PREFIXES = ("gymnax", "brax", "envpool")
 

@@ -1,0 +1,77 @@
+"""Probe environments: tiny Gymnasium envs whose correct answer is known, registered as ``ppolab/NAME-v0``.
+
+* ``ppolab/ConstantTruncated-v0``: observation 0, reward 1 every step, never terminates, truncated after 20 steps.
+  The value of every state is sum_t gamma^t = 1 / (1 - gamma) only if truncation bootstraps from V(final obs).
+* ``ppolab/TargetGaussian-v0``: one-step episodes; observation x ~ U[-1, 1]^1, reward -(a - x)^2 for a Box action.
+  A Gaussian policy must learn mean(x) = x.
+* ``ppolab/NaNReward-v0``: CartPole whose reward turns NaN after ``nan_after`` steps (fault injection).
+* ``ppolab/TupleAction-v0``: an action space ppolab does not support (for error tests).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class ConstantTruncated(gym.Env):
+    def __init__(self, horizon: int = 20):
+        self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.horizon, self.t = horizon, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 1.0, False, self.t >= self.horizon, {}
+
+
+class TargetGaussian(gym.Env):
+    def __init__(self):
+        self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Box(-2.0, 2.0, (1,), np.float32)
+        self.x = np.zeros(1, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, size=1).astype(np.float32)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        r = -float(np.sum((np.asarray(action, np.float32) - self.x) ** 2))
+        return self.x.copy(), r, True, False, {}
+
+
+class NaNReward(gym.Wrapper):
+    def __init__(self, nan_after: int = 300):
+        super().__init__(gym.make("CartPole-v1"))
+        self.nan_after, self.count = nan_after, 0
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        self.count += 1
+        return obs, (float("nan") if self.count > self.nan_after else r), term, trunc, info
+
+
+class TupleAction(gym.Env):
+    def __init__(self):
+        self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Tuple((spaces.Discrete(2), spaces.Discrete(3)))
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, True, False, {}
+
+
+def register() -> None:
+    for name, entry in (("ConstantTruncated-v0", ConstantTruncated), ("TargetGaussian-v0", TargetGaussian),
+                        ("NaNReward-v0", NaNReward), ("TupleAction-v0", TupleAction)):
+        if f"ppolab/{name}" not in gym.registry:
+            gym.register(f"ppolab/{name}", entry_point=entry)
