@@ -16,7 +16,8 @@ CSV_FIELDS = ("iteration", "agent", "env_steps", "time_s", "episodes", "episode_
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_iteration: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_iteration: int | None = None,
+                 steps_per_iteration: int = 1):
         self.path = Path(run_dir) / "metrics.csv"
         if resume_iteration is not None and self.path.exists():
             self._truncate(resume_iteration)
@@ -27,9 +28,9 @@ class MetricsLogger:
             self._csv.writeheader()
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            kw = {"purge_step": resume_iteration + 1} if resume_iteration is not None else {}
+            SummaryWriter = _summary_writer()
+            # TensorBoard steps are env_steps = iteration * steps_per_iteration: purge those past the checkpoint
+            kw = {"purge_step": resume_iteration * steps_per_iteration + 1} if resume_iteration is not None else {}
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=30, **kw)
 
     def _truncate(self, last_iteration: int):
@@ -63,6 +64,22 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch whenever it is installed
+    (only to convert torch tensors, which ppolab never logs), and that costs ~200 MB of memory."""
+    import sys
+
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # makes ``import torch`` raise ImportError inside tensorboardX
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _fmt(v):

@@ -49,8 +49,8 @@ class HostDriver:
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
         self.learn = jax.jit(jax.vmap(functools.partial(learn, spec, net)))
-        self._act = jax.jit(jax.vmap(functools.partial(act, spec, net), in_axes=(0, 0, 0, None)),
-                            static_argnames="deterministic")
+        self._act = jax.jit(lambda s, o, k, deterministic=False: jax.vmap(
+            functools.partial(act, spec, net, deterministic=deterministic))(s, o, k), static_argnames="deterministic")
         self.obs = None
         K, T, B = self.K, self.T, self.B
         odt = np.uint8 if self.obs_spec.image else np.float32
@@ -86,7 +86,8 @@ class HostDriver:
         if policy is not None:
             x = _numpy_normalize(obs_stats_np, obs) if self.spec.normalize_obs else obs
             return policy.sample_with_noise(x, noise_t)
-        return np.asarray(self._act(state, jnp.asarray(obs), jax.random.fold_in(key, t)))
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, t)  # [K] per-agent keys
+        return np.asarray(self._act(state, jnp.asarray(obs), keys))
 
     def collect(self, state: TrainState):
         """One rollout of T steps for every agent. Returns (Rollout with leaves [K, T, B, ...], episodes)."""
@@ -97,7 +98,7 @@ class HostDriver:
         if policy is not None:
             noise = np.stack([policy.draw_noise(rng, (self.T, self.B)) for rng in self._rngs(state)])
         else:
-            key = jax.random.fold_in(jax.random.PRNGKey(0), int(np.asarray(jax.device_get(state.key))[0].sum()))
+            key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 0x5EED)  # [K, 2], one per agent
         episodes = []
         obs = self.obs
         for t in range(self.T):
@@ -140,8 +141,8 @@ class HostDriver:
                     noise = None if deterministic else np.stack([policy.draw_noise(r, (episodes,)) for r in rngs])
                     action = policy.sample_with_noise(x, noise)
                 else:
-                    action = np.asarray(self._act(state, jnp.asarray(obs), jax.random.fold_in(key, t),
-                                                  deterministic=deterministic))
+                    keys = jax.random.split(jax.random.fold_in(key, t), self.K)  # [K] per-agent keys
+                    action = np.asarray(self._act(state, jnp.asarray(obs), keys, deterministic=deterministic))
                 obs, _, _, _, _, eps = env.step(action)
                 for agent, b, r, _ in eps:
                     if alive[agent, b]:

@@ -96,9 +96,12 @@ class GymnasiumVecEnv:
         episodes = []
         self._ret += rew
         self._len += 1
-        if self.episode_info and "episode" in info:
-            for i in np.flatnonzero(info["_episode"]):
-                episodes.append((i // self.B, i % self.B, float(info["episode"]["r"][i]), int(info["episode"]["l"][i])))
+        # SAME_STEP autoreset moves the ending step's info (with "episode") to info["final_info"]
+        ended = info.get("final_info", {}) if self.episode_info else {}
+        if "episode" in ended:
+            ep = ended["episode"]
+            for i in np.flatnonzero(ended["_episode"]):
+                episodes.append((i // self.B, i % self.B, float(ep["r"][i]), int(ep["l"][i])))
         if done.any():
             final = obs.copy()
             mask = info.get("_final_obs", done)

@@ -1,0 +1,1 @@
+"""Reproductions of the paper's experiments: the Table 1 comparison of surrogate objectives."""
