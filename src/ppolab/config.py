@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 from typing import Literal
 
 OBJECTIVES = ("pg", "cpi", "clip", "kl-fixed", "kl-adaptive")
@@ -31,8 +32,8 @@ class Config:
     env: str = "CartPole-v1"
     """Environment: a Gymnasium id (e.g. Hopper-v5), or gymnax:NAME, brax:NAME, envpool:NAME."""
     preset: str | None = None
-    """Named hyperparameter set applied first (cartpole, paper-mujoco, ppo2-mujoco, paper-atari, ppo2-atari);
-    flags given on the command line override it."""
+    """Named hyperparameter set applied first (cartpole, gymnax-cartpole, paper-mujoco, ppo2-mujoco, paper-atari,
+    ppo2-atari); flags given on the command line override it."""
     objective: Objective = "clip"
     """Surrogate objective: pg (L^PG, eq. 2), cpi (L^CPI, eq. 6), clip (L^CLIP, eq. 7), kl-fixed / kl-adaptive
     (L^KLPEN, eq. 8)."""
@@ -94,8 +95,9 @@ class Config:
     """Base random seed; agent i uses seed + i."""
     num_seeds: int = 1
     """Independent agents per hyperparameter combination, trained at once with jax.vmap."""
-    vector_mode: Literal["sync", "async"] = "sync"
-    """Gymnasium vector env mode (sync is faster on few cores)."""
+    vector_mode: Literal["sync", "gym-sync", "async"] = "sync"
+    """Gymnasium vector env: sync (ppolab's lean in-process loop, fastest), gym-sync (gymnasium's SyncVectorEnv),
+    async (gymnasium's AsyncVectorEnv, one process per env)."""
     act_backend: Literal["auto", "numpy", "jax"] = "auto"
     """How Gymnasium drivers compute actions: numpy forward pass of the MLP (fastest on CPU) or a jitted call."""
     run_dir: str | None = None
@@ -108,6 +110,8 @@ class Config:
     """Evaluate with the distribution's mode instead of sampling."""
     checkpoint_every: int = 50
     """Write a checkpoint every this many iterations (and at the end); 0 for the end only."""
+    checkpoint_every_s: float = 0.0
+    """Also write a checkpoint once this many seconds have passed since the last one; 0 disables."""
     keep_checkpoints: int = 3
     """How many checkpoints to keep."""
     progress: bool = True
@@ -118,6 +122,10 @@ class Config:
     """On a non-finite loss, gradient, parameter, observation or reward: stop the run, or skip the bad update."""
     iterations_per_call: int = 0
     """JAX-native envs: iterations fused in one jitted call (0 = automatic)."""
+    brax_backend: Literal["generalized", "positional", "spring", "mjx"] = "generalized"
+    """Physics pipeline of brax:NAME environments."""
+    compile_cache: str = "~/.cache/ppolab/jax"
+    """Directory of JAX's persistent compilation cache ('' disables it; the PPOLAB_CACHE_DIR variable overrides)."""
 
     # ---- derived quantities -------------------------------------------------------------------------------------
     @property
@@ -140,6 +148,8 @@ class Config:
 PRESETS: dict[str, dict] = {
     # The default: CartPole-v1 solved (return 500) within 100k steps. RL-Zoo-like settings.
     "cartpole": dict(env="CartPole-v1"),
+    # The same settings on gymnax's CartPole with the fully jitted driver (solved within 100k steps).
+    "gymnax-cartpole": dict(env="gymnax:CartPole-v1"),
     # The paper's MuJoCo setting, Table 3, and nothing else: 1 actor, T=2048, Adam 3e-4 constant, 10 epochs,
     # minibatch 64, gamma 0.99, lambda 0.95, eps 0.2, separate policy/value MLPs 64-64 tanh, no entropy bonus,
     # no gradient clipping, no value clipping, no normalization, no learning-rate or clip annealing.
@@ -178,7 +188,7 @@ def apply_preset(cfg: Config, explicit: dict | None = None) -> Config:
     defaults = Config()
     if explicit is None:  # Python API: every field that differs from the default counts as explicit
         explicit = {k: v for k, v in values.items() if v != getattr(defaults, k)}
-    return dataclasses.replace(base, **explicit, preset=cfg.preset)
+    return dataclasses.replace(base, **{**explicit, "preset": cfg.preset})
 
 
 def _ensure_optional_presets() -> None:
@@ -228,10 +238,13 @@ def _check(ok: bool, msg: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Raise ``ConfigError`` naming the first bad value and what is allowed. Returns ``cfg`` unchanged."""
+    for f in dataclasses.fields(Config):  # types first (the Python API takes anything), then ranges
+        v = getattr(cfg, f.name)
+        _coerce(f.name, tuple(v) if isinstance(v, list) else v, f.default, label=f"--{f.name.replace('_', '-')}")
     _check(cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
     for name in ("total_timesteps", "num_envs", "num_steps", "num_epochs", "num_minibatches", "num_seeds"):
         v = getattr(cfg, name)
-        _check(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        _check(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0,
                f"--{name.replace('_', '-')} must be a positive integer (got {v!r})")
     _check(cfg.batch_size % cfg.num_minibatches == 0,
            f"--num-minibatches {cfg.num_minibatches} must divide the batch num_envs * num_steps = "
@@ -262,10 +275,25 @@ def validate(cfg: Config) -> Config:
     _check(cfg.activation in ("tanh", "relu"), f"--activation must be tanh or relu (got {cfg.activation!r})")
     _check(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {cfg.eval_episodes})")
     _check(cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {cfg.checkpoint_every})")
+    _check(math.isfinite(cfg.checkpoint_every_s) and cfg.checkpoint_every_s >= 0,
+           f"--checkpoint-every-s must be a number of seconds >= 0 (got {cfg.checkpoint_every_s!r})")
     _check(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1 (got {cfg.keep_checkpoints})")
     _check(cfg.iterations_per_call >= 0, f"--iterations-per-call must be >= 0 (got {cfg.iterations_per_call})")
     _check(isinstance(cfg.env, str) and cfg.env.strip() != "", f"--env must be an environment id (got {cfg.env!r})")
+    _check(isinstance(cfg.seed, numbers.Integral) and 0 <= cfg.seed < 2**31,
+           f"--seed must be an integer in [0, 2**31) (got {cfg.seed!r})")
+    for name, choices in _literal_choices().items():
+        v = getattr(cfg, name)
+        _check(v in choices, f"--{name.replace('_', '-')} {v!r} is not allowed; choose one of: {', '.join(choices)}")
     return cfg
+
+
+def _literal_choices() -> dict[str, tuple]:
+    """Fields annotated with ``Literal[...]`` and their allowed values."""
+    import typing
+
+    hints = typing.get_type_hints(Config)
+    return {k: typing.get_args(t) for k, t in hints.items() if typing.get_origin(t) is Literal}
 
 
 def to_dict(cfg: Config) -> dict:
@@ -289,21 +317,23 @@ def from_dict(d: dict) -> Config:
     return Config(**kwargs)
 
 
-def _coerce(key, v, default):
-    bad = ConfigError(f"config key {key!r} has value {v!r} of type {type(v).__name__}; expected "
-                      f"{type(default).__name__ if default is not None else 'a value or null'}")
+def _coerce(key, v, default, label: str | None = None):
+    label = label or f"config key {key!r}"
+    expected = ("a number or a list of numbers" if key in SWEEPABLE else "a list of integers" if key == "hidden_sizes"
+                else type(default).__name__ if default is not None else "a value or null")
+    bad = ConfigError(f"{label} has value {v!r} of type {type(v).__name__}; expected {expected}")
     if key in SWEEPABLE:
         if isinstance(v, tuple):
-            if not v or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            if not v or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v):
                 raise bad
             return tuple(float(x) for x in v) if len(v) > 1 else float(v[0])
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise bad
         return float(v)
     if key == "hidden_sizes":
-        if not isinstance(v, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        if not isinstance(v, tuple) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v):
             raise bad
-        return v
+        return tuple(int(x) for x in v)
     if v is None:
         if default is None or key in ("vf_clip", "max_grad_norm", "target_kl", "preset", "run_dir"):
             return None
@@ -313,15 +343,18 @@ def _coerce(key, v, default):
             raise bad
         return v
     if isinstance(default, int):
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise bad
-        return v
+        return int(v)
     if isinstance(default, float) or key in ("vf_clip", "max_grad_norm", "target_kl"):
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise bad
         return float(v)
     if isinstance(default, str) or key in ("preset", "run_dir"):
         if not isinstance(v, str):
             raise bad
+        choices = _literal_choices().get(key)
+        if choices and v not in choices:
+            raise ConfigError(f"{label} has value {v!r}; choose one of: {', '.join(choices)}")
         return v
     return v

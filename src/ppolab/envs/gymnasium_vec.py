@@ -7,6 +7,8 @@ transition ever crosses an episode boundary, and a truncated step can bootstrap 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ppolab.spaces import ActionSpec, ObsSpec, action_spec_from_gymnasium, obs_spec_from_gymnasium
@@ -33,23 +35,89 @@ def _needs_flatten(space) -> bool:
     return not isinstance(space, spaces.Box)
 
 
+def _make_one(env_id: str, env_kwargs: dict, wrappers: list):
+    import gymnasium as gym
+
+    env = gym.make(env_id, **env_kwargs)
+    for w in wrappers:
+        env = w(env)
+    return env
+
+
 def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwargs: dict | None = None,
                        wrappers: list | None = None):
+    """A Gymnasium vector env in SAME_STEP autoreset mode. ``mode``: sync (``LeanSyncVectorEnv``, the default),
+    gym-sync (``gymnasium.vector.SyncVectorEnv``) or async (``gymnasium.vector.AsyncVectorEnv``)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
     check_env_id(env_id)
     wrappers = list(wrappers or [])
-    probe = gym.make(env_id, **(env_kwargs or {}))
+    probe = _make_one(env_id, env_kwargs or {}, wrappers)
     try:
-        for w in wrappers:
-            probe = w(probe)
         if _needs_flatten(probe.observation_space):
             wrappers.append(gym.wrappers.FlattenObservation)
     finally:
         probe.close()
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, wrappers=wrappers or None,
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **(env_kwargs or {}))
+    if mode == "sync":
+        return LeanSyncVectorEnv([functools.partial(_make_one, env_id, env_kwargs or {}, wrappers)] * num_envs)
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode.removeprefix("gym-"),
+                        wrappers=wrappers or None,
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP,
+                                       **({"context": "spawn"} if mode == "async" else {})},  # no fork under JAX
+                        **(env_kwargs or {}))
+
+
+class LeanSyncVectorEnv:
+    """The Gymnasium vector API (reset / step / close, SAME_STEP autoreset, ``final_obs`` and the ``episode``
+    entry of ``final_info``) stepping sub-envs one after another — without SyncVectorEnv's per-step merging of
+    every info key, which costs ~40 us a step on Hopper (BENCHMARKS.md). Same results as
+    ``gymnasium.vector.SyncVectorEnv(..., autoreset_mode=SAME_STEP)`` for the keys ppolab reads
+    (tests/test_gymnasium_vec.py)."""
+
+    def __init__(self, env_fns):
+        from gymnasium.vector import AutoresetMode
+        from gymnasium.vector.utils import batch_space
+
+        self.envs = [fn() for fn in env_fns]
+        self.num_envs = len(self.envs)
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def reset(self, *, seed=None, options=None):
+        seeds = seed if isinstance(seed, list | tuple) else [None if seed is None else seed + i
+                                                              for i in range(self.num_envs)]
+        obs = [env.reset(seed=s, options=options)[0] for env, s in zip(self.envs, seeds, strict=True)]
+        return np.stack(obs), {}
+
+    def step(self, actions):
+        n = self.num_envs
+        obs, rew = [None] * n, np.zeros(n, np.float64)
+        term, trunc = np.zeros(n, bool), np.zeros(n, bool)
+        info = {}
+        for i, env in enumerate(self.envs):
+            o, rew[i], term[i], trunc[i], inf = env.step(actions[i])
+            if term[i] or trunc[i]:
+                if "final_obs" not in info:
+                    info["final_obs"] = np.full(n, None, object)
+                    info["_final_obs"] = np.zeros(n, bool)
+                info["final_obs"][i], info["_final_obs"][i] = o, True
+                if "episode" in inf:
+                    fin = info.setdefault("final_info", {"episode": {k: np.zeros(n) for k in ("r", "l", "t")},
+                                                         "_episode": np.zeros(n, bool)})
+                    for k in ("r", "l", "t"):
+                        fin["episode"][k][i] = inf["episode"][k]
+                    fin["_episode"][i] = True
+                o, _ = env.reset()
+            obs[i] = o
+        return np.stack(obs), rew, term, trunc, info
+
+    def close(self):
+        for env in self.envs:
+            env.close()
 
 
 class GymnasiumVecEnv:
@@ -69,6 +137,9 @@ class GymnasiumVecEnv:
         self.env = make_gymnasium_vec(env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
         self.obs_spec: ObsSpec = obs_spec_from_gymnasium(self.env.single_observation_space)
         self.action_spec: ActionSpec = action_spec_from_gymnasium(self.env.single_action_space)
+        spec = self.action_spec
+        self._low = np.asarray(spec.low, np.float32) if spec.kind == "box" and spec.low else None
+        self._high = np.asarray(spec.high, np.float32) if self._low is not None else None
         self._ret = np.zeros(num_agents * num_envs, np.float64)
         self._len = np.zeros(num_agents * num_envs, np.int64)
 
@@ -87,7 +158,8 @@ class GymnasiumVecEnv:
         """actions [K, B, ...] -> next_obs, reward, terminated, truncated, final_obs [K, B, ...], finished episodes
         as a list of (agent, actor, return, length)."""
         flat = actions.reshape((self.K * self.B,) + actions.shape[2:])
-        flat = self.action_spec.clip(flat)
+        if self._low is not None:  # Box: execute the clipped action, the unclipped one is what was stored
+            flat = np.clip(flat, self._low, self._high)
         obs, rew, term, trunc, info = self.env.step(flat)
         obs = np.asarray(obs)
         rew = np.asarray(rew, np.float64)

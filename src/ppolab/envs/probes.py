@@ -5,6 +5,7 @@
 * ``ppolab/TargetGaussian-v0``: one-step episodes; observation x ~ U[-1, 1]^1, reward -(a - x)^2 for a Box action.
   A Gaussian policy must learn mean(x) = x.
 * ``ppolab/NaNReward-v0``: CartPole whose reward turns NaN after ``nan_after`` steps (fault injection).
+* ``ppolab/DictObsMultiDiscrete-v0``: Dict observations (flattened) and MultiDiscrete actions.
 * ``ppolab/TupleAction-v0``: an action space ppolab does not support (for error tests).
 """
 
@@ -58,6 +59,33 @@ class NaNReward(gym.Wrapper):
         return obs, (float("nan") if self.count > self.nan_after else r), term, trunc, info
 
 
+class DictObsMultiDiscrete(gym.Env):
+    """Dict observation {"pos": Box(2,), "grid": Box(2, 2)} and MultiDiscrete([3, 2]) actions: reward 1 when the
+    first action matches the sign pattern of pos (0: both negative, 1: mixed, 2: both positive), 10-step episodes."""
+
+    def __init__(self):
+        self.observation_space = spaces.Dict({"pos": spaces.Box(-1.0, 1.0, (2,), np.float32),
+                                              "grid": spaces.Box(-1.0, 1.0, (2, 2), np.float32)})
+        self.action_space = spaces.MultiDiscrete([3, 2])
+        self.t, self.pos = 0, np.zeros(2, np.float32)
+
+    def _obs(self):
+        return {"pos": self.pos.copy(), "grid": np.zeros((2, 2), np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.pos = self.np_random.uniform(-1, 1, size=2).astype(np.float32)
+        return self._obs(), {}
+
+    def step(self, action):
+        target = int(np.sum(self.pos > 0))
+        r = float(int(action[0]) == target)
+        self.t += 1
+        self.pos = self.np_random.uniform(-1, 1, size=2).astype(np.float32)
+        return self._obs(), r, False, self.t >= 10, {}
+
+
 class TupleAction(gym.Env):
     def __init__(self):
         self.observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -72,6 +100,7 @@ class TupleAction(gym.Env):
 
 def register() -> None:
     for name, entry in (("ConstantTruncated-v0", ConstantTruncated), ("TargetGaussian-v0", TargetGaussian),
-                        ("NaNReward-v0", NaNReward), ("TupleAction-v0", TupleAction)):
+                        ("NaNReward-v0", NaNReward), ("TupleAction-v0", TupleAction),
+                        ("DictObsMultiDiscrete-v0", DictObsMultiDiscrete)):
         if f"ppolab/{name}" not in gym.registry:
             gym.register(f"ppolab/{name}", entry_point=entry)

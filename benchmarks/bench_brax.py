@@ -1,0 +1,98 @@
+"""Brax on thousands of parallel envs (GPU): raw env steps/s and fully jitted PPO steps/s; prints one JSON line.
+
+    python benchmarks/bench_brax.py --env hopper --num-envs 2048            # GPU
+    python benchmarks/bench_brax.py --env ant --num-envs 4096 --backend mjx
+    python benchmarks/bench_brax.py --tiny                                    # CPU: a few envs, checks the script
+
+raw: a ``lax.scan`` of vmapped ``BraxEnv.step`` calls with random actions (auto-reset included, no policy).
+train: the ``JitDriver`` (rollout + PPO update fused, ``iterations`` iterations in one call), timed after compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ppolab.config import Config, agent_table
+from ppolab.drivers import jit as J
+from ppolab.envs.brax_env import BraxEnv
+from ppolab.train import _env_seeds, init_population, make_driver
+
+
+def _raw_rollout(env, num_steps, actors, key):
+    def one(actors, k):
+        a = jax.random.uniform(k, (actors.obs.shape[0], env.action_spec.size), minval=-1.0, maxval=1.0)
+        keys = jax.random.split(jax.random.fold_in(k, 1), actors.obs.shape[0])
+        obs, env_state, *_ = jax.vmap(env.step)(keys, actors.env_state, a)
+        return actors.replace(env_state=env_state, obs=obs), None
+
+    actors, _ = jax.lax.scan(one, actors, jax.random.split(key, num_steps))
+    return actors
+
+
+def raw_sps(env: BraxEnv, num_envs: int, num_steps: int, reps: int):
+    actors = jax.jit(functools.partial(J.reset_actors, env, num_envs))(jax.random.PRNGKey(0))
+    run = jax.jit(functools.partial(_raw_rollout, env, num_steps))
+    t = time.perf_counter()
+    actors = jax.block_until_ready(run(actors, jax.random.PRNGKey(1)))
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(reps):
+        actors = run(actors, jax.random.PRNGKey(2 + i))
+    jax.block_until_ready(actors)
+    return num_envs * num_steps * reps / (time.perf_counter() - t), compile_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke run with a handful of envs")
+    ap.add_argument("--env", default="hopper")
+    ap.add_argument("--backend", default="generalized")
+    ap.add_argument("--num-envs", type=int, default=2048)
+    ap.add_argument("--num-steps", type=int, default=10)
+    ap.add_argument("--num-epochs", type=int, default=4)
+    ap.add_argument("--num-minibatches", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=50, help="iterations per timed call (after compiling)")
+    ap.add_argument("--calls", type=int, default=3)
+    args = ap.parse_args()
+    if args.tiny:
+        args.num_envs, args.num_steps, args.num_minibatches, args.iterations, args.calls = 4, 4, 2, 2, 1
+        args.num_epochs = 1
+    cfg = Config(env=f"brax:{args.env}", brax_backend=args.backend, num_envs=args.num_envs, num_steps=args.num_steps,
+                 num_epochs=args.num_epochs, num_minibatches=args.num_minibatches, learning_rate=3e-4,
+                 gamma=0.99, gae_lambda=0.95, ent_coef=1e-3, normalize_obs=True, normalize_reward=True,
+                 hidden_sizes=(32, 32) if args.tiny else (64, 64), iterations_per_call=args.iterations,
+                 total_timesteps=args.num_envs * args.num_steps * args.iterations * (args.calls + 1),
+                 eval_episodes=0, progress=False, tensorboard=False)
+    rows = agent_table(cfg)
+    driver, net, spec = make_driver(cfg, len(rows))
+    raw, raw_compile_s = raw_sps(driver.env, args.num_envs, args.num_steps * (1 if args.tiny else 100),
+                                 1 if args.tiny else 5)
+    state = init_population(cfg, net, spec, rows)
+    driver.start(_env_seeds(rows, cfg.num_envs, 0))
+    t = time.perf_counter()
+    state, _, _ = driver.run(state, args.iterations)
+    jax.block_until_ready(state)
+    first_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(args.calls):
+        state, _, episodes = driver.run(state, args.iterations)
+    jax.block_until_ready(state)
+    dt = time.perf_counter() - t
+    rets = [e[2] for it in episodes for e in it]
+    print(json.dumps({"bench": "brax", "env": args.env, "backend": args.backend, "num_envs": args.num_envs,
+                      "num_steps": args.num_steps, "iterations_per_call": args.iterations,
+                      "raw_sps": round(raw, 1), "raw_compile_s": round(raw_compile_s, 3),
+                      "first_call_s": round(first_s, 3),
+                      "train_sps": round(args.num_envs * args.num_steps * args.iterations * args.calls / dt, 1),
+                      "last_returns_mean": float(jnp.mean(jnp.asarray(rets))) if rets else None,
+                      "device": jax.devices()[0].device_kind, "platform": jax.default_backend()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""8 seeds at once vs 1 seed on Gymnasium CartPole-v1 (host driver); prints one JSON line.
+
+    python benchmarks/bench_seeds.py             # 50k steps per agent, the default (cartpole) settings
+    python benchmarks/bench_seeds.py --tiny      # checks the script
+
+Total SPS counts the steps of every agent. The population shares one vector env, one numpy acting pass per step and
+one vmapped update per iteration, so the ratio sps_8 / sps_1 shows how much of the per-step overhead is amortized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import jax
+
+from ppolab.config import Config
+from ppolab.train import train
+
+
+def run(cfg: Config) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ppolab-bench-seeds-") as d:
+        s = train(cfg.replace(run_dir=f"{d}/run")).summary
+    later = (cfg.num_iterations - 1) * cfg.batch_size * s["num_agents"]  # the first call also compiles
+    return {"sps": s["sps"], "sps_after_first_call": round(later / max(s["train_loop_s"] - s["first_call_s"], 1e-9), 1),
+            "train_loop_s": s["train_loop_s"], "first_call_s": s["first_call_s"],
+            "eval_return_mean": s["eval_return_mean"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--total-timesteps", type=int, default=50_000)
+    ap.add_argument("--seeds", type=int, default=8)
+    args = ap.parse_args()
+    steps = 1024 if args.tiny else args.total_timesteps
+    cfg = Config(env="CartPole-v1", total_timesteps=steps, progress=False, tensorboard=False, checkpoint_every=0,
+                 eval_episodes=2 if args.tiny else 10)
+    one = run(cfg.replace(num_seeds=1))
+    many = run(cfg.replace(num_seeds=args.seeds))
+    print(json.dumps({"bench": "seeds", "env": cfg.env,
+                      "total_timesteps_per_agent": cfg.num_iterations * cfg.batch_size, "seeds": args.seeds,
+                      "one": one, "many": many,
+                      "sps_ratio": many["sps_after_first_call"] / one["sps_after_first_call"],
+                      "platform": jax.default_backend()}))
+
+if __name__ == "__main__":
+    main()

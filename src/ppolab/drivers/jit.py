@@ -1,0 +1,305 @@
+"""The fully jitted driver for JAX-native environments (gymnax, Brax).
+
+One PPO iteration is a pure function of (train state, actor state): a ``lax.scan`` over T steps of B vmapped envs
+collects the rollout, then ``ppolab.update.learn`` updates. It is ``jax.vmap``-ed over the K agents of a population
+(leading axis [K] of ``TrainState`` and ``ActorState``) and ``iterations_per_call`` iterations are fused with a
+second ``lax.scan`` into one compiled program per host call. Acting keys derive from each agent's ``TrainState.key``
+and env keys from its ``ActorState.key``, so an agent's trajectory does not depend on the rest of the population.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ppolab.config import Config, ConfigError
+from ppolab.envs import backend_of
+from ppolab.networks import ActorCritic, make_network
+from ppolab.types import Rollout, TrainState
+from ppolab.update import LearnerSpec, learn, prepare_obs
+
+ACT_STREAM = 0xAC7  # fold_in constant: acting keys are a stream of their own beside learn's split of state.key
+EVAL_MAX_STEPS = 100_000  # safety bound of an evaluation episode
+
+
+class ActorState(struct.PyTreeNode):
+    """The B actors of one agent between steps (saved in checkpoints, so a resume continues bitwise)."""
+
+    env_state: Any          # the env's state pytree, leaves [B, ...]
+    obs: jax.Array          # [B, *obs] current observation
+    ep_return: jax.Array    # [B] float32, return of the running episode so far
+    ep_length: jax.Array    # [B] int32, its length so far
+    key: jax.Array          # [2] uint32, env PRNG key (resets, stochastic dynamics)
+
+
+class Step(struct.PyTreeNode):
+    """One step of B actors (scan output, stacked to [T, B, ...])."""
+
+    obs: jax.Array          # [B, *obs] observation the action was chosen from
+    actions: jax.Array      # [B, *act]
+    rewards: jax.Array      # [B]
+    terminated: jax.Array   # [B] bool
+    truncated: jax.Array    # [B] bool
+    final_obs: jax.Array    # [B, *obs] last observation of the episode where it ended, else the next observation
+    ep_done: jax.Array      # [B] bool, terminated | truncated
+    ep_return: jax.Array    # [B] return of the episode that ended here (where ep_done)
+    ep_length: jax.Array    # [B] int32, its length
+
+
+class Episodes(struct.PyTreeNode):
+    """Episodes finished by B actors in one iteration, summed over its T steps (exact where count <= 1)."""
+
+    count: jax.Array        # [B] int32
+    return_sum: jax.Array   # [B] float32
+    length_sum: jax.Array   # [B] int32
+
+
+def make_jax_env(cfg: Config):
+    """The gymnax or Brax adapter for ``cfg.env`` (pure single-actor reset/step functions)."""
+    backend, name = backend_of(cfg.env)
+    if backend == "gymnax":
+        from ppolab.envs.gymnax_env import GymnaxEnv
+
+        return GymnaxEnv(name)
+    if backend == "brax":
+        from ppolab.envs.brax_env import BraxEnv
+
+        return BraxEnv(name, backend=cfg.brax_backend)
+    raise ConfigError(f"{cfg.env!r} is not a JAX-native environment; the jitted driver takes gymnax:NAME or brax:NAME")
+
+
+def reset_actors(env, num_envs: int, key) -> ActorState:
+    """Fresh episodes for ``num_envs`` actors; ``key`` [2] is split into reset keys and the actors' env key."""
+    key, reset_key = jax.random.split(key)
+    obs, env_state = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
+    env_state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, x.dtype), env_state)  # no weak types: a restored
+    # checkpoint (plain arrays) must hit the same compiled program
+    return ActorState(env_state=env_state, obs=obs, ep_return=jnp.zeros((num_envs,), jnp.float32),
+                      ep_length=jnp.zeros((num_envs,), jnp.int32), key=key)
+
+
+def acting_key(state: TrainState, t):
+    """Key of the t-th acting step of the current iteration, derived from the agent's own ``state.key``."""
+    return jax.random.fold_in(jax.random.fold_in(state.key, ACT_STREAM), t)
+
+
+def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors: ActorState, key,
+             deterministic: bool = False):
+    """Act in all B actors of one agent and step their envs (auto-reset where an episode ended).
+
+    Returns (next ActorState, Step). The policy sees ``prepare_obs`` (frozen normalization stats).
+    """
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs))
+    action = dist.mode() if deterministic else dist.sample(key)
+    env_key, step_key = jax.random.split(actors.key)
+    B = actors.obs.shape[0]
+    next_obs, env_state, reward, terminated, truncated, final_obs = jax.vmap(env.step)(
+        jax.random.split(step_key, B), actors.env_state, action)
+    done = terminated | truncated
+    ep_return = actors.ep_return + reward
+    ep_length = actors.ep_length + 1
+    nxt = ActorState(env_state=env_state, obs=next_obs, ep_return=jnp.where(done, 0.0, ep_return),
+                     ep_length=jnp.where(done, 0, ep_length), key=env_key)
+    step = Step(obs=actors.obs, actions=action, rewards=reward, terminated=terminated, truncated=truncated,
+                final_obs=final_obs, ep_done=done, ep_return=ep_return, ep_length=ep_length)
+    return nxt, step
+
+
+def steps_to_rollout(steps: Step, last_obs) -> tuple[Rollout, Episodes]:
+    """Stacked steps [T, B, ...] and the observation after the last step -> (Rollout, Episodes of this rollout)."""
+    rollout = Rollout(obs=steps.obs, actions=steps.actions, rewards=steps.rewards, terminated=steps.terminated,
+                      truncated=steps.truncated, final_obs=steps.final_obs, last_obs=last_obs)
+    done = steps.ep_done
+    episodes = Episodes(count=done.sum(0, dtype=jnp.int32), return_sum=jnp.where(done, steps.ep_return, 0.0).sum(0),
+                        length_sum=jnp.where(done, steps.ep_length, 0).sum(0, dtype=jnp.int32))
+    return rollout, episodes
+
+
+def collect(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, state: TrainState, actors: ActorState):
+    """T = ``num_steps`` steps of one agent's B actors in a ``lax.scan``. Returns (actors, Rollout [T, B], Episodes)."""
+
+    def one(actors, t):
+        return env_step(env, spec, net, state, actors, acting_key(state, t))
+
+    actors, steps = jax.lax.scan(one, actors, jnp.arange(num_steps))
+    rollout, episodes = steps_to_rollout(steps, actors.obs)
+    return actors, rollout, episodes
+
+
+def iteration(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, state: TrainState, actors: ActorState):
+    """One PPO iteration of one agent: collect, then ``learn``. Returns (state, actors, metrics, episodes)."""
+    actors, rollout, episodes = collect(env, spec, net, num_steps, state, actors)
+    state, metrics = learn(spec, net, state, rollout)
+    return state, actors, metrics, episodes
+
+
+def _skip(out_shapes, states, actors):
+    """The not-taken branch of a chunk's iteration: state unchanged, zero metrics and episodes."""
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes[2:])
+    return (states, actors) + tuple(zeros)
+
+
+def run_chunk(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, max_iterations: int,
+              states: TrainState, actors: ActorState, n):
+    """``n`` <= ``max_iterations`` iterations of K agents in one program (leaves [K, ...]).
+
+    ``n`` is traced: iterations i >= n are skipped by ``lax.cond`` (outside the agent vmap, so it stays a branch),
+    so one compiled program serves every chunk length. Returns (states, actors, metrics {name: [max_iterations, K]},
+    Episodes leaves [max_iterations, K, B]); only the first n rows are meaningful.
+    """
+    agents = jax.vmap(functools.partial(iteration, env, spec, net, num_steps))
+    out_shapes = jax.eval_shape(agents, states, actors)
+
+    def body(carry, i):
+        states, actors = carry
+        states, actors, metrics, episodes = jax.lax.cond(
+            i < n, agents, functools.partial(_skip, out_shapes), states, actors)
+        return (states, actors), (metrics, episodes)
+
+    (states, actors), (metrics, episodes) = jax.lax.scan(body, (states, actors), jnp.arange(max_iterations))
+    return states, actors, metrics, episodes
+
+
+def evaluate_agent(env, spec: LearnerSpec, net: ActorCritic, num_episodes: int, deterministic: bool,
+                   state: TrainState, key):
+    """First-episode return of each of ``num_episodes`` fresh actors of one agent. Returns [num_episodes] float32."""
+    actors = reset_actors(env, num_episodes, key)
+    act_key = jax.random.fold_in(state.key, ACT_STREAM + 1)
+
+    def cond(carry):
+        _, _, finished, t = carry
+        return ~jnp.all(finished) & (t < EVAL_MAX_STEPS)
+
+    def body(carry):
+        actors, returns, finished, t = carry
+        actors, step = env_step(env, spec, net, state, actors, jax.random.fold_in(act_key, t), deterministic)
+        returns = jnp.where(step.ep_done & ~finished, step.ep_return, returns)
+        return actors, returns, finished | step.ep_done, t + 1
+
+    init = (actors, jnp.full((num_episodes,), jnp.nan, jnp.float32), jnp.zeros((num_episodes,), bool),
+            jnp.asarray(0, jnp.int32))
+    _, returns, _, _ = jax.lax.while_loop(cond, body, init)
+    return returns
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _run_chunk_jit(env, spec, net, num_steps, max_iterations, states, actors, n):
+    return run_chunk(env, spec, net, num_steps, max_iterations, states, actors, n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _reset_population(env, num_envs, keys):
+    return jax.vmap(functools.partial(reset_actors, env, num_envs))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _evaluate_population(env, spec, net, num_episodes, deterministic, states, key):
+    fn = functools.partial(evaluate_agent, env, spec, net, num_episodes, deterministic)
+    return jax.vmap(fn, in_axes=(0, None))(states, key)
+
+
+def auto_iterations_per_call(cfg: Config) -> int:
+    """Iterations fused per host call: about 1/50 of the run (so progress and logs update ~50 times), at most
+    ``checkpoint_every`` (checkpoints land where asked) and at most 200."""
+    if cfg.iterations_per_call > 0:
+        return cfg.iterations_per_call
+    n = max(1, cfg.num_iterations // 50)
+    if cfg.checkpoint_every > 0:
+        n = min(n, cfg.checkpoint_every)
+    return min(n, 200)
+
+
+def episodes_to_tuples(episodes: Episodes) -> list[tuple[int, int, float, int]]:
+    """Host side: Episodes of one iteration (numpy leaves [K, B]) -> [(agent, actor, return, length)].
+
+    An actor that finished c > 1 episodes in one rollout contributes c entries with their mean return and length
+    (the per-agent mean over the iteration stays exact)."""
+    out = []
+    count = np.asarray(episodes.count)
+    for k, b in zip(*np.nonzero(count), strict=True):
+        c = int(count[k, b])
+        ret = float(episodes.return_sum[k, b]) / c
+        length = int(round(float(episodes.length_sum[k, b]) / c))
+        out.extend([(int(k), int(b), ret, length)] * c)
+    return out
+
+
+class JitDriver:
+    """K agents x B actors of a gymnax or Brax env, whole iterations compiled (see the module docstring)."""
+
+    def __init__(self, cfg: Config, spec: LearnerSpec, num_agents: int):
+        self.cfg, self.spec, self.K = cfg, spec, num_agents
+        self.B, self.T = cfg.num_envs, cfg.num_steps
+        self.env = make_jax_env(cfg)
+        self.obs_spec, self.action_spec = self.env.obs_spec, self.env.action_spec
+        self.net = make_network(cfg, self.obs_spec, self.action_spec)
+        self.iterations_per_call = auto_iterations_per_call(cfg)
+        self.actors: ActorState | None = None
+
+    # ---- episodes ---------------------------------------------------------------------------------------------
+    def _population_keys(self, seeds: list[int]):
+        seeds = np.asarray(seeds, np.int64).reshape(self.K, self.B)
+        return jnp.stack([jax.random.PRNGKey(int(s[0])) for s in seeds])
+
+    def start(self, seeds: list[int]):
+        """Fresh episodes for every actor. ``seeds``: K * B ints; agent k's env key is derived from seeds[k * B]."""
+        self.actors = _reset_population(self.env, self.B, self._population_keys(seeds))
+
+    def _actor_shapes(self):
+        return jax.eval_shape(functools.partial(_reset_population, self.env, self.B),
+                              jax.ShapeDtypeStruct((self.K, 2), jnp.uint32))
+
+    def driver_state(self):
+        """The actors of every agent (env states, observations, running episode stats, env keys), leaves [K, ...].
+
+        The env state is given as a flat dict {path: array}, so that any env's state pytree (e.g. MJX's ``Data``)
+        fits the checkpoint format. Before ``start`` this is a zero template of the right structure."""
+        actors = self.actors
+        if actors is None:
+            actors = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), self._actor_shapes())
+        named = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(actors.env_state)}
+        return actors.replace(env_state=named)
+
+    def restore_driver_state(self, tree):
+        """Inverse of ``driver_state``."""
+        template = self._actor_shapes().env_state
+        paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)]
+        env_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                                 [jnp.asarray(tree.env_state[p]) for p in paths])
+        self.actors = jax.tree_util.tree_map(jnp.asarray, tree.replace(env_state=env_state))
+
+    def close(self):
+        self.actors = None
+
+    # ---- training ---------------------------------------------------------------------------------------------
+    def run(self, state: TrainState, num_iterations: int = 1):
+        """``num_iterations`` iterations in calls of up to ``iterations_per_call`` fused iterations.
+
+        Returns (state, [metrics {name: [K]} per iteration], [[(agent, actor, return, length)] per iteration])."""
+        if self.actors is None:
+            raise RuntimeError("JitDriver.run before start()")
+        all_metrics, all_episodes = [], []
+        done = 0
+        while done < num_iterations:
+            n = min(self.iterations_per_call, num_iterations - done)
+            state, self.actors, metrics, episodes = _run_chunk_jit(
+                self.env, self.spec, self.net, self.T, self.iterations_per_call, state, self.actors,
+                jnp.asarray(n, jnp.int32))
+            metrics, episodes = jax.device_get((metrics, episodes))
+            for j in range(n):
+                all_metrics.append({k: v[j] for k, v in metrics.items()})
+                all_episodes.append(episodes_to_tuples(jax.tree_util.tree_map(lambda x, j=j: x[j], episodes)))
+            done += n
+        return state, all_metrics, all_episodes
+
+    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int, make_env=None) -> np.ndarray:
+        """[K, episodes]: the first episode of each of ``episodes`` fresh actors per agent (same env seeds for all
+        agents; action sampling from each agent's own key)."""
+        returns = _evaluate_population(self.env, self.spec, self.net, episodes, deterministic, state,
+                                       jax.random.PRNGKey(seed))
+        return np.asarray(jax.device_get(returns), np.float64)

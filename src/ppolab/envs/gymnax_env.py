@@ -1,0 +1,99 @@
+"""gymnax environments as pure single-env functions, with termination and truncation kept apart.
+
+gymnax's own ``step`` auto-resets and returns the next episode's first observation where an episode ended. Here
+``step`` calls ``step_env`` and ``reset_env`` itself and selects with ``jnp.where``, so the episode's last observation
+comes out as ``final_obs`` (for the truncation bootstrap V(final observation)) next to the reset observation.
+Vectorize with ``jax.vmap`` over keys, states and actions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppolab.config import ConfigError
+from ppolab.spaces import ActionSpec, ObsSpec, UnsupportedSpaceError
+
+
+def action_spec_from_gymnax(space) -> ActionSpec:
+    from gymnax.environments import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return ActionSpec("discrete", int(space.n))
+    if isinstance(space, spaces.Box):
+        shape = tuple(space.shape) if space.shape else (1,)
+        if len(shape) != 1:
+            raise UnsupportedSpaceError(f"gymnax Box action space of shape {space.shape} is not supported; use 1-D")
+        low = tuple(float(x) for x in np.broadcast_to(np.asarray(space.low, np.float32), shape))
+        high = tuple(float(x) for x in np.broadcast_to(np.asarray(space.high, np.float32), shape))
+        return ActionSpec("box", shape[0], low=low, high=high)
+    raise UnsupportedSpaceError(f"gymnax action space {space} is not supported; supported: Discrete, Box (1-D)")
+
+
+def obs_spec_from_gymnax(space) -> ObsSpec:
+    from gymnax.environments import spaces
+
+    if isinstance(space, spaces.Box):
+        return ObsSpec(tuple(int(s) for s in space.shape), "float32")
+    if isinstance(space, spaces.Discrete):
+        return ObsSpec((int(space.n),), "float32")  # one-hot
+    raise UnsupportedSpaceError(f"gymnax observation space {space} is not supported; supported: Box, Discrete")
+
+
+class GymnaxEnv:
+    """One gymnax env (``gymnax.make(name)`` with its default parameters) as pure functions of one actor.
+
+    reset(key) -> (obs [*obs], state); step(key, state, action) -> (next_obs, state, reward [], terminated [],
+    truncated [], final_obs). ``terminated`` is the env's natural end (no future value); ``truncated`` is the time
+    limit ``max_steps_in_episode`` reached without termination (bootstrap from V(final_obs)). Both False otherwise;
+    never both True. Where either is set, next_obs/state are already the next episode's first ones.
+    Hashable by (name), so jitted programs built from it are cached.
+    """
+
+    def __init__(self, name: str):
+        try:
+            import gymnax
+        except ImportError:  # pragma: no cover - gymnax is a core dependency
+            raise ConfigError("gymnax:NAME environments need gymnax: pip install 'gymnax>=1.0'") from None
+        if name not in gymnax.registered_envs:
+            raise ConfigError(f"unknown gymnax environment {name!r}; choose one of: "
+                              f"{', '.join(gymnax.registered_envs)}")
+        self.name = name
+        self.env, self.params = gymnax.make(name)
+        from gymnax.environments import spaces
+
+        obs_space = self.env.observation_space(self.params)
+        self.obs_spec = obs_spec_from_gymnax(obs_space)
+        self.action_spec = action_spec_from_gymnax(self.env.action_space(self.params))
+        self._one_hot = isinstance(obs_space, spaces.Discrete)
+
+    def __hash__(self):
+        return hash(("gymnax", self.name))
+
+    def __eq__(self, other):
+        return isinstance(other, GymnaxEnv) and other.name == self.name
+
+    def _obs(self, obs):
+        if self._one_hot:
+            return jax.nn.one_hot(obs, self.obs_spec.shape[0], dtype=jnp.float32)
+        return jnp.asarray(obs, jnp.float32).reshape(self.obs_spec.shape)
+
+    def reset(self, key):
+        obs, state = self.env.reset_env(key, self.params)
+        return self._obs(obs), state
+
+    def step(self, key, state, action):
+        step_key, reset_key = jax.random.split(key)
+        if self.action_spec.kind == "box":
+            low, high = jnp.asarray(self.action_spec.low), jnp.asarray(self.action_spec.high)
+            action = jnp.clip(action, low, high)
+        obs_st, state_st, reward, terminated, _ = self.env.step_env(step_key, state, action, self.params)
+        terminated = jnp.asarray(terminated, bool).reshape(())
+        truncated = jnp.asarray(self.env.is_truncated(state_st, self.params), bool).reshape(()) & ~terminated
+        done = terminated | truncated
+        obs_re, state_re = self.env.reset_env(reset_key, self.params)
+        state = jax.tree_util.tree_map(lambda r, s: jnp.where(done, r, s), state_re, state_st)
+        final_obs = self._obs(obs_st)
+        next_obs = jnp.where(done, self._obs(obs_re), final_obs)
+        return next_obs, state, jnp.asarray(reward, jnp.float32).reshape(()), terminated, truncated, final_obs
