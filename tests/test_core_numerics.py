@@ -73,20 +73,21 @@ def test_timeout_bootstrap_recovers_geometric_sum():
     gamma, T, B, L = 0.9, 60, 3, 7
     t_idx = np.arange(T)[:, None] + np.arange(B)[None, :]
     truncated = jnp.asarray((t_idx % L) == L - 1)
-    terminated = jnp.zeros((T, B), bool)
     r = jnp.ones((T, B))
-    v = jnp.zeros((T, B))
-    for _ in range(400):
-        _, targets = advantages.gae(r, v, terminated, truncated, v, v[-1], gamma, 0.0)
-        v = targets
-        # every state's value is the same (obs carries no time), so the final obs's value is the same number
-        v = jnp.full_like(v, float(jnp.mean(v)))
+    no_flags = jnp.zeros((T, B), bool)
+
+    @jax.jit
+    def fixed_point(term, trunc):
+        def td_backup(_, v):
+            _, targets = advantages.gae(r, v, term, trunc, v, v[-1], gamma, 0.0)
+            # every state has the same value (obs carries no time), so the final obs's value is the same number
+            return jnp.full_like(v, jnp.mean(targets))
+        return jax.lax.fori_loop(0, 400, td_backup, jnp.zeros((T, B)))
+
+    v = fixed_point(no_flags, truncated)
     np.testing.assert_allclose(np.asarray(v), 1.0 / (1.0 - gamma), rtol=1e-4)
     # without the bootstrap (truncation treated as termination) the answer is wrong
-    v2 = jnp.zeros((T, B))
-    for _ in range(400):
-        _, v2 = advantages.gae(r, v2, truncated, jnp.zeros((T, B), bool), v2, v2[-1], gamma, 0.0)
-        v2 = jnp.full_like(v2, float(jnp.mean(v2)))
+    v2 = fixed_point(truncated, no_flags)
     assert float(jnp.mean(v2)) < 0.9 / (1.0 - gamma)
 
 

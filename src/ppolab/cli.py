@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -177,8 +178,8 @@ def cmd_train(argv: list[str]) -> int:
     console = Console(stderr=True)
     result = train(cfg, explicit={k: getattr(cfg, k) for k in explicit}, resume=resume, console=console)
     s = result.summary
-    if "stopped" in s:
-        return 0
+    if "stopped" in s:  # SIGINT / SIGTERM: final checkpoint written; exit 128 + signal number (130 / 143)
+        return 128 + int(getattr(signal, s["stopped"], signal.SIGINT))
     ev = s.get("eval_return_mean")
     console.print(f"[bold green]done[/] {s['env_id']} / {s['objective']}: {s['total_timesteps']:,} steps in "
                   f"{s['wall_time_s']:.1f} s ({s['sps']:,.0f} SPS)"

@@ -28,7 +28,7 @@ def record_video(cfg, net, spec, state, out_dir: Path, seed: int = 0, max_steps:
     if not isinstance(env.observation_space, gym.spaces.Box):
         env = gym.wrappers.FlattenObservation(env)
     agent = jax.tree_util.tree_map(lambda x: x[0], state)
-    apply = jax.jit(lambda s, o: net.apply(s.params, prepare_obs(spec, s, o))[0].mode())
+    apply = jax.jit(lambda s, o: net.apply(s.params, prepare_obs(spec, s, o), heads="policy")[0].mode())
     frames = []
     try:
         obs, _ = env.reset(seed=seed)

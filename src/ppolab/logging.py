@@ -34,14 +34,20 @@ class MetricsLogger:
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=30, **kw)
 
     def _truncate(self, last_iteration: int):
+        """Keep the rows up to ``last_iteration``. A row cut short by a kill (only rows after the checkpoint can be:
+        the CSV is flushed before every checkpoint) is dropped; the header is rewritten in the current columns."""
         with open(self.path, newline="") as f:
             rows = list(csv.reader(f))
         if not rows:
             return
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= last_iteration]
+        head = rows[0]
+        keep = [dict(zip(head, r, strict=True)) for r in rows[1:]
+                if len(r) == len(head) and r[0].isdigit() and int(r[0]) <= last_iteration]
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep)
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(keep)
         tmp.replace(self.path)
 
     def log(self, rows: list[dict]):

@@ -65,8 +65,11 @@ class ActorCritic(nn.Module):
         return nn.relu(_dense(512, math.sqrt(2), True, "torso_fc")(x))
 
     @nn.compact
-    def __call__(self, obs):
+    def __call__(self, obs, heads: str = "both"):
+        """``heads``: "both", "policy" (value is None) or "value" (distribution is None): a separate-torso network
+        then runs only the half it needs (the learner's bootstrap values and post-update KL, acting)."""
         batch_shape = obs.shape[: obs.ndim - len(self.obs.shape)]
+        want_pi, want_v = heads in ("both", "policy"), heads in ("both", "value")
         if self.obs.image:
             # conv layers want exactly one batch dim
             x = self._nature_cnn(obs.reshape((-1,) + self.obs.shape)).reshape(batch_shape + (512,))
@@ -76,13 +79,18 @@ class ActorCritic(nn.Module):
             if self.shared_torso:
                 pi_h = v_h = self._mlp(x, "torso")
             else:
-                pi_h, v_h = self._mlp(x, "pi"), self._mlp(x, "v")
-        head = _dense(self.action.head_size, 0.01, self.ortho_init or self.obs.image, "pi_head")(pi_h)
-        value = _dense(1, 1.0, self.ortho_init or self.obs.image, "v_head")(v_h)[..., 0]
-        log_std = None
-        if self.action.kind == "box":
-            log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action.size,))
-        return make_dist(self.action, head, log_std), value
+                pi_h = self._mlp(x, "pi") if want_pi else None
+                v_h = self._mlp(x, "v") if want_v else None
+        dist = value = None
+        if want_pi:
+            head = _dense(self.action.head_size, 0.01, self.ortho_init or self.obs.image, "pi_head")(pi_h)
+            log_std = None
+            if self.action.kind == "box":
+                log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action.size,))
+            dist = make_dist(self.action, head, log_std)
+        if want_v:
+            value = _dense(1, 1.0, self.ortho_init or self.obs.image, "v_head")(v_h)[..., 0]
+        return dist, value
 
 
 def make_network(cfg, obs: ObsSpec, action: ActionSpec) -> ActorCritic:

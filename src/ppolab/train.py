@@ -39,7 +39,7 @@ from ppolab.envs import backend_of
 from ppolab.logging import MetricsLogger, plot_learning_curve
 from ppolab.networks import make_network
 from ppolab.types import HParams, TrainState
-from ppolab.update import METRIC_KEYS, LearnerSpec, init_state
+from ppolab.update import METRIC_KEYS, NONFINITE_BITS, LearnerSpec, init_state
 
 
 class TrainingError(RuntimeError):
@@ -86,12 +86,28 @@ def make_env(cfg: Config, num_agents: int, num_envs: int):
             from ppolab.envs import atari
 
             extra = atari.vec_kwargs(name)
-        return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, **extra)
+        with _workers_ignore_stop_signals():
+            return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, **extra)
     if backend == "envpool":
         from ppolab.envs import envpool_vec
 
         return envpool_vec.EnvpoolVecEnv(name, num_agents, num_envs)
     raise ConfigError(f"environment back-end {backend!r} of {cfg.env!r} is not available in this driver")
+
+
+class _workers_ignore_stop_signals:
+    """Worker processes started inside (Gymnasium's async vector env) ignore SIGINT/SIGTERM, inherited as SIG_IGN:
+    Ctrl-C reaches the whole process group, and only the trainer decides to stop (final checkpoint), then closes
+    its workers. Without this, the workers die first and the final checkpoint cannot be written."""
+
+    def __enter__(self):
+        self.old = {}
+        if threading_main():
+            self.old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
 
 def _is_atari(name: str) -> bool:
@@ -124,7 +140,12 @@ def init_population(cfg: Config, net, spec: LearnerSpec, rows: list[dict]) -> Tr
     """Train state with a leading agent axis [K, ...]: each agent's seed and hyperparameters from ``rows``."""
     hparams = HParams(**{k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in SWEEPABLE})
     keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in rows])
-    return jax.vmap(functools.partial(init_state, spec, net), in_axes=(0, 0, None))(keys, hparams, cfg.num_envs)
+    return _init_population(spec, net, cfg.num_envs, keys, hparams)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_population(spec, net, num_envs, keys, hparams):
+    return jax.vmap(functools.partial(init_state, spec, net, num_envs=num_envs))(keys, hparams)
 
 
 def _env_seeds(rows: list[dict], num_envs: int, iteration: int) -> list[int]:
@@ -151,6 +172,38 @@ def load_run_config(run_dir: Path) -> Config:
         return from_dict(json.loads(path.read_text()))
     except json.JSONDecodeError as e:
         raise ConfigError(f"cannot resume {str(run_dir)!r}: config.json is not valid JSON ({e})") from None
+
+
+#: Options that may change when a run is resumed (they do not affect what is learned).
+RESUME_OVERRIDABLE = ("progress", "tensorboard", "eval_episodes", "eval_deterministic", "checkpoint_every",
+                      "checkpoint_every_s", "keep_checkpoints", "nonfinite", "compile_cache")
+
+
+def _resume_overrides(cfg: Config, explicit: dict | None) -> dict:
+    """Flags given with --resume: the harmless ones apply, any other that differs from the saved config is an error
+    (the run continues with its own config; nothing is silently ignored)."""
+    out = {}
+    for k, v in (explicit or {}).items():
+        if k in RESUME_OVERRIDABLE:
+            out[k] = v
+        elif k in ("run_dir", "overwrite") or v == getattr(cfg, k, v) or (isinstance(v, list | tuple) and tuple(
+                v) == tuple(getattr(cfg, k, ()) or ())):
+            continue
+        else:
+            allowed = ", ".join("--" + o.replace("_", "-") for o in RESUME_OVERRIDABLE)
+            raise ConfigError(f"--{k.replace('_', '-')} cannot change when resuming (the run has "
+                              f"{getattr(cfg, k)!r}); only {allowed} may be given with --resume")
+    return out
+
+
+def _host_counters(host, K: int) -> dict | None:
+    """The checkpoint header's host counters if well formed (the header is data from a file: never trust its types)."""
+    try:
+        ok = (isinstance(host["episodes"], int) and isinstance(host["wall_time_s"], int | float)
+              and len(host["recent"]) == K and all(isinstance(x, int | float) for r in host["recent"] for x in r))
+    except (TypeError, KeyError):
+        return None
+    return host if ok else None
 
 
 def _clear_run_dir(run_dir: Path):
@@ -180,6 +233,9 @@ class _Stop:
     def _handle(self, signum, frame):
         if self.requested is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: leave now (checkpoint writes are atomic)
+        if self.requested is None:  # os.write: safe inside a signal handler, unlike print
+            os.write(2, f"\n{signal.Signals(signum).name}: finishing the current iteration and writing a checkpoint "
+                        f"(Ctrl-C again to quit at once)\n".encode())
         self.requested = signal.Signals(signum).name
 
     def __exit__(self, *exc):
@@ -194,10 +250,18 @@ def threading_main() -> bool:
 
 
 def _nonfinite_message(metrics: dict, iteration: int, agent: int) -> str | None:
+    kind = int(metrics["nonfinite_kind"][agent]) if "nonfinite_kind" in metrics else 0
+    what = [name for name, bit in NONFINITE_BITS.items() if kind & bit]
     if metrics["nonfinite_input"][agent] > 0:
-        return f"iteration {iteration}, agent {agent}: non-finite observation or reward from the environment"
-    if metrics["nonfinite_update"][agent] > 0:
-        return (f"iteration {iteration}, agent {agent}: non-finite loss, gradient or parameters in "
+        src = " and ".join(w for w in what if w in ("observation", "reward")) or "observation or reward"
+        return f"iteration {iteration}, agent {agent}: non-finite {src} from the environment"
+    if metrics["nonfinite_update"][agent] > 0 or kind:
+        if "incoming parameters" in what:
+            src = "parameters (already before this update)"
+        else:
+            src = ", ".join(w for w in what if w in ("loss", "gradient", "parameters"))
+            src = src or "loss, gradient or parameters"
+        return (f"iteration {iteration}, agent {agent}: non-finite {src} in "
                 f"{int(metrics['nonfinite_update'][agent])} minibatch(es)")
     return None
 
@@ -208,16 +272,19 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
     t_start = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: no such directory")
         cfg = load_run_config(run_dir)
-        validate(cfg)
+        cfg = validate(cfg.replace(**_resume_overrides(cfg, explicit)))
         if not ckpt_lib.list_checkpoints(run_dir / "checkpoints"):
-            raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no checkpoint yet")
+            raise ConfigError(f"cannot resume {str(run_dir)!r}: it has no checkpoint yet (it stopped before its "
+                              f"first one; start it again with --run-dir {str(run_dir)!r} --overwrite)")
     else:
         cfg = validate(apply_preset(cfg, explicit))
         run_dir = prepare_run_dir(cfg, resume=False)
     rows = agent_table(cfg)
     K = len(rows)
-    enable_compilation_cache()
+    enable_compilation_cache(cfg.compile_cache)
     driver, net, spec = make_driver(cfg, K)  # checks the env id and its spaces
     say = console.print if console is not None else (lambda *a, **k: None)
     try:
@@ -231,7 +298,7 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
             state = jax.tree_util.tree_map(jnp.asarray, tree["train_state"])
             if tree["driver_state"] is not None:
                 driver.restore_driver_state(tree["driver_state"])
-            host = header.get("host", host)
+            host = _host_counters(header.get("host"), K) or host
             say(f"resuming {run_dir} from {path.name} (iteration {header['iteration']})")
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,11 +308,18 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
         start_iter = int(np.asarray(state.iteration)[0])
         if driver.driver_state() is None or resume is None:
             driver.start(_env_seeds(rows, cfg.num_envs, start_iter))
-        logger = MetricsLogger(run_dir, cfg.tensorboard, resume_iteration=start_iter if resume is not None else None)
+        logger = MetricsLogger(run_dir, cfg.tensorboard, resume_iteration=start_iter if resume is not None else None,
+                               steps_per_iteration=cfg.batch_size)
         recent = [deque(h, maxlen=100) for h in host["recent"]]
         stats = dict(episodes=host["episodes"], wall0=host["wall_time_s"], compile_s=None)
 
         def save(it):
+            bad = ckpt_lib.nonfinite_leaves(state)
+            if bad:
+                logger.close()
+                raise TrainingError(f"iteration {it}: non-finite values in {', '.join(bad[:3])}; no checkpoint "
+                                    f"written, the last good checkpoint in {ckpt_dir} is kept")
+            logger.flush()  # rows up to ``it`` reach the disk before the checkpoint that vouches for them
             tree = {"train_state": state, "driver_state": driver.driver_state()}
             header = {"config": to_dict(cfg), **expect,
                       "host": {"episodes": stats["episodes"], "recent": [list(d) for d in recent],
@@ -258,10 +332,11 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
             it = start_iter
             chunk = getattr(driver, "iterations_per_call", 1)
             t_loop = time.perf_counter()
+            stats["loop_start_unix"] = time.time()  # lets benchmarks measure time-to-threshold from process start
             steps_loop = 0
             if it < cfg.num_iterations:
                 say("compiling the learner (cached for later runs)..." if it == start_iter else "")
-            last_ckpt_it = it
+            last_ckpt_it, last_ckpt_t, save_log = it, time.perf_counter(), []
             while it < cfg.num_iterations and stop.requested is None:
                 n = min(chunk, cfg.num_iterations - it)
                 t0 = time.perf_counter()
@@ -280,6 +355,8 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
                                                 f"(pass --nonfinite skip to skip bad batches instead)")
                     per_agent = [[] for _ in range(K)]
                     for ep in episodes:
+                        if not math.isfinite(ep[-2]):
+                            continue  # --nonfinite skip: an episode with a NaN/inf reward has no usable return
                         per_agent[ep[0]].append(ep[-2])
                         recent[ep[0]].append(ep[-2])
                     stats["episodes"] += len(episodes)
@@ -300,12 +377,13 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
                 ret = np.nanmean([np.mean(d) if d else np.nan for d in recent]) if any(recent) else float("nan")
                 progress.update(task, completed=it * cfg.batch_size, sps=f"{steps_loop * K / max(elapsed, 1e-9):,.0f}",
                                 ret=f"{ret:.1f}")
-                if cfg.checkpoint_every and it - last_ckpt_it >= cfg.checkpoint_every and it < cfg.num_iterations:
-                    save(it)
-                    logger.flush()
-                    last_ckpt_it = it
+                due = cfg.checkpoint_every and it - last_ckpt_it >= cfg.checkpoint_every
+                due = due or (cfg.checkpoint_every_s and time.perf_counter() - last_ckpt_t >= cfg.checkpoint_every_s)
+                if due and it < cfg.num_iterations:
+                    save_log.append(save(it)[1:])
+                    last_ckpt_it, last_ckpt_t = it, time.perf_counter()
             loop_time = time.perf_counter() - t_loop
-            save(it)
+            save_log.append(save(it)[1:])
             logger.close()
         if stop.requested is not None:
             say(f"{stop.requested}: stopped at iteration {it}; checkpoint written. Resume with: "
@@ -320,6 +398,8 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
         wall = time.perf_counter() - t_start
         summary = make_summary(cfg, rows, eval_returns, recent, wall, stats, loop_time,
                                steps_loop, state)
+        summary["checkpoint_write_s_max"] = round(max(t for t, _ in save_log), 4)
+        summary["checkpoint_bytes"] = save_log[-1][1]
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         try:
             plot_learning_curve(run_dir, title=f"{cfg.env} / {cfg.objective}")
@@ -341,6 +421,7 @@ def make_summary(cfg, rows, eval_returns, recent, wall, stats, loop_time, steps_
     for k, r in enumerate(rows):
         a = dict(r)
         a["train_return_recent"] = float(np.mean(recent[k])) if recent[k] else None
+        a["last_100_returns"] = [float(x) for x in recent[k]]  # the paper's run score (Table 1) is their mean
         if eval_returns is not None:
             a["eval_return_mean"] = float(np.mean(eval_returns[k]))
             a["eval_return_std"] = float(np.std(eval_returns[k]))
@@ -359,6 +440,7 @@ def make_summary(cfg, rows, eval_returns, recent, wall, stats, loop_time, steps_
         "train_return_recent": agents[0]["train_return_recent"] if K == 1 else None,
         "episodes": stats["episodes"],
         "wall_time_s": round(wall, 3),
+        "loop_start_unix": stats.get("loop_start_unix"),
         "train_loop_s": round(loop_time, 3),
         "first_call_s": round(stats["compile_s"] or 0.0, 3),
         "sps": round(steps_loop * K / max(loop_time, 1e-9), 1),
@@ -404,6 +486,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, deterministic: 
         raise ConfigError(f"--episodes must be a positive integer (got {episodes})")
     rows = agent_table(cfg)
     K = len(rows)
+    enable_compilation_cache(cfg.compile_cache)
     driver, net, spec = make_driver(cfg, K)
     try:
         template = {"train_state": init_population(cfg, net, spec, rows), "driver_state": driver.driver_state()}

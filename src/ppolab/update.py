@@ -122,8 +122,8 @@ def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: 
     unperm = lambda x: x.reshape((N,) + x.shape[2:])[inv]
     old_dist, old_logp, old_values = jax.tree_util.tree_map(unperm, (old_dist, old_logp, old_values))
 
-    _, last_value = net.apply(state.params, prepare_obs(spec, state, rollout.last_obs))
-    _, final_values = net.apply(state.params, prepare_obs(spec, state, rollout.final_obs))
+    _, last_value = net.apply(state.params, prepare_obs(spec, state, rollout.last_obs), heads="value")
+    _, final_values = net.apply(state.params, prepare_obs(spec, state, rollout.final_obs), heads="value")
     rewards = rollout.rewards.astype(jnp.float32)
     ret_stats = state.ret_stats
     if spec.normalize_reward:
@@ -184,13 +184,17 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, spec, net, mb, clip_eps, beta, hp)
         updates, new_opt = tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, updates))
-        loss_ok, grads_ok, new_ok = jnp.isfinite(loss), _all_finite(grads), _all_finite(new_params)
+        # one scalar per tree, far cheaper than a check per leaf: a norm is finite iff every entry is (or if some
+        # entry is so large that its square overflows, which is as much a reason to skip the batch)
+        grad_norm = _global_norm(grads)
+        loss_ok, grads_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+        new_ok = jnp.isfinite(_global_norm(new_params))
         finite = loss_ok & grads_ok & new_ok
         if spec.target_kl is not None:
             stop = stop | (aux["approx_kl"] > 1.5 * spec.target_kl)  # checked before the step (as SB3)
         take = ~stop & finite & input_ok
         pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
-        aux = dict(aux, grad_norm=_global_norm(grads))
+        aux = dict(aux, grad_norm=grad_norm)
         sums = {k: jnp.where(take, (jnp.minimum if k == "ratio_min" else jnp.maximum if k == "ratio_max"
                                     else jnp.add)(sums[k], aux[k]), sums[k]) for k in sums}
         flag = ~stop & input_ok  # the update would have been applied: record why it was not
@@ -212,7 +216,7 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         reward_ok, 0, NONFINITE_BITS["reward"]) | jnp.where(params_ok, 0, NONFINITE_BITS["incoming parameters"])
 
     # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
-    new_dist, _ = net.apply(params, batch.obs)
+    new_dist, _ = net.apply(params, batch.obs, heads="policy")
     kl = jnp.mean(batch.old_dist.kl(new_dist))
     new_beta = adapt_beta(beta, kl, hp.kl_target) if spec.objective == "kl-adaptive" else beta
     obs_stats = state.obs_stats.update(rollout.obs) if spec.normalize_obs else state.obs_stats

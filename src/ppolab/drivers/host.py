@@ -22,7 +22,7 @@ from ppolab.update import LearnerSpec, learn, prepare_obs
 
 def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, deterministic: bool = False):
     """Single-agent jitted acting: obs [B, *obs] -> actions [B, ...]."""
-    dist, _ = net.apply(state.params, prepare_obs(spec, state, obs))
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, obs), heads="policy")
     return dist.mode() if deterministic else dist.sample(key)
 
 

@@ -94,7 +94,7 @@ def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors
 
     Returns (next ActorState, Step). The policy sees ``prepare_obs`` (frozen normalization stats).
     """
-    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs))
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs), heads="policy")
     action = dist.mode() if deterministic else dist.sample(key)
     env_key, step_key = jax.random.split(actors.key)
     B = actors.obs.shape[0]
