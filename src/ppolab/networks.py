@@ -111,6 +111,7 @@ class NumpyPolicy:
     layers: list  # [(W [K, in, out], b [K, 1, out])]
     head: tuple
     log_std: np.ndarray | None  # [K, 1, d]
+    std: np.ndarray | None = None  # exp(log_std), computed once per iteration
 
     @classmethod
     def supports(cls, net: ActorCritic) -> bool:
@@ -124,12 +125,19 @@ class NumpyPolicy:
                   for i in range(len(net.hidden_sizes))]
         head = (p["pi_head"]["kernel"], p["pi_head"]["bias"][:, None, :])
         log_std = p["log_std"][:, None, :] if "log_std" in p else None
-        return cls(net, layers, head, log_std)
+        policy = cls(net, layers, head, log_std)
+        policy.std = np.exp(log_std).astype(np.float32) if log_std is not None else None
+        return policy
 
     def head_out(self, obs: np.ndarray) -> np.ndarray:
         K = obs.shape[0]
-        x = obs.reshape(K, obs.shape[1], -1).astype(np.float32, copy=False)
         act = np.tanh if self.net.activation == "tanh" else (lambda z: np.maximum(z, 0, out=z))
+        if K == 1:  # one agent: plain 2-D matmuls, cheaper than the broadcast batched form
+            x = obs.reshape(obs.shape[1], -1).astype(np.float32, copy=False)
+            for W, b in self.layers:
+                x = act(x @ W[0] + b[0])
+            return (x @ self.head[0][0] + self.head[1][0])[None]
+        x = obs.reshape(K, obs.shape[1], -1).astype(np.float32, copy=False)
         for W, b in self.layers:
             x = act(np.matmul(x, W) + b)
         return np.matmul(x, self.head[0]) + self.head[1]
@@ -148,7 +156,7 @@ class NumpyPolicy:
         if spec.kind == "discrete":
             return _sample_categorical(out, noise)
         if spec.kind == "box":
-            return out if noise is None else (out + np.exp(self.log_std) * noise).astype(np.float32)
+            return out if noise is None else out + self.std * noise
         if spec.kind == "multidiscrete":
             splits = np.cumsum(spec.nvec)[:-1]
             parts = zip(np.split(out, splits, axis=-1),

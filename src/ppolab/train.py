@@ -334,8 +334,8 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
             t_loop = time.perf_counter()
             stats["loop_start_unix"] = time.time()  # lets benchmarks measure time-to-threshold from process start
             steps_loop = 0
-            if it < cfg.num_iterations:
-                say("compiling the learner (cached for later runs)..." if it == start_iter else "")
+            if it < cfg.num_iterations:  # the first call traces and compiles (or loads from the persistent cache)
+                say("compiling (the compiled program is cached for later runs)...")
             last_ckpt_it, last_ckpt_t, save_log = it, time.perf_counter(), []
             while it < cfg.num_iterations and stop.requested is None:
                 n = min(chunk, cfg.num_iterations - it)
