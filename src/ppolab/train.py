@@ -138,14 +138,17 @@ def make_driver(cfg: Config, num_agents: int):
 
 def init_population(cfg: Config, net, spec: LearnerSpec, rows: list[dict]) -> TrainState:
     """Train state with a leading agent axis [K, ...]: each agent's seed and hyperparameters from ``rows``."""
-    hparams = HParams(**{k: jnp.asarray([r[k] for r in rows], jnp.float32) for k in SWEEPABLE})
-    keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in rows])
-    return _init_population(spec, net, cfg.num_envs, keys, hparams)
+    # One agent at a time, then stacked: a vmapped init would batch the orthogonal initializer's QR decompositions,
+    # and jaxlib's batched LAPACK kernels (ParallelBatchMap) can deadlock XLA's CPU thread pool on a 2-core machine
+    # (seen here: both pool threads waiting on each other, intermittently, for K = 8).
+    agents = [_init_agent(spec, net, cfg.num_envs, jax.random.PRNGKey(r["seed"]),
+                          HParams(**{k: jnp.asarray(r[k], jnp.float32) for k in SWEEPABLE})) for r in rows]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *agents)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _init_population(spec, net, num_envs, keys, hparams):
-    return jax.vmap(functools.partial(init_state, spec, net, num_envs=num_envs))(keys, hparams)
+def _init_agent(spec, net, num_envs, key, hparams):
+    return init_state(spec, net, key, hparams, num_envs)
 
 
 def _env_seeds(rows: list[dict], num_envs: int, iteration: int) -> list[int]:
