@@ -26,10 +26,6 @@ def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, determ
     return dist.mode() if deterministic else dist.sample(key)
 
 
-def _noise_shape(net: ActorCritic):
-    return (net.action.head_size,)
-
-
 def _numpy_normalize(state_np, obs, eps=1e-8):
     """obs [K, B, *obs] with stats [K, *obs] -> normalized (same as ``normalize.normalize_obs``)."""
     mean = state_np.mean[:, None]
