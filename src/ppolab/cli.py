@@ -182,7 +182,9 @@ def cmd_train(argv: list[str]) -> int:
         return 128 + int(getattr(signal, s["stopped"], signal.SIGINT))
     ev = s.get("eval_return_mean")
     console.print(f"[bold green]done[/] {s['env_id']} / {s['objective']}: {s['total_timesteps']:,} steps in "
-                  f"{s['wall_time_s']:.1f} s ({s['sps']:,.0f} SPS)"
+                  f"{s['wall_time_s']:.1f} s ({s['sps']:,.0f} SPS"
+                  + (f"; {s['sps_after_first_call']:,.0f} after compiling" if s.get("sps_after_first_call") else "")
+                  + ")"
                   + (f", eval return {ev:.1f} +- {s['eval_return_std']:.1f}" if ev is not None else "")
                   + f"\nrun directory: {result.run_dir}")
     return 0

@@ -346,6 +346,7 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
                 new_state, metrics_list, episodes_list = driver.run(state, n)
                 if stats["compile_s"] is None:
                     stats["compile_s"] = time.perf_counter() - t0
+                    stats["first_call_steps"] = n * cfg.batch_size
                 out_rows = []
                 for j, (metrics, episodes) in enumerate(zip(metrics_list, episodes_list, strict=True)):
                     itj = it + j + 1
@@ -447,6 +448,11 @@ def make_summary(cfg, rows, eval_returns, recent, wall, stats, loop_time, steps_
         "train_loop_s": round(loop_time, 3),
         "first_call_s": round(stats["compile_s"] or 0.0, 3),
         "sps": round(steps_loop * K / max(loop_time, 1e-9), 1),
+        # steady state: the first call also traces and compiles
+        "sps_after_first_call": (round((steps_loop - stats.get("first_call_steps", 0)) * K
+                                       / (loop_time - stats["compile_s"]), 1)
+                                 if stats.get("compile_s") and loop_time > stats["compile_s"]
+                                 and steps_loop > stats.get("first_call_steps", 0) else None),
         "agents": agents,
         "platform": jax.default_backend(),
     }
