@@ -1,7 +1,8 @@
 """The surrogate objectives of the paper, one signature, one registry; the value loss; the adaptive-beta rule.
 
 Every objective maps ``PolicyTerms`` (per-sample arrays [N]) and the coefficients to a scalar surrogate L to be
-*maximized* (the update minimizes -L). r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(logp - logp_old).
+*maximized* (the update minimizes -L); ``SURROGATE_TERMS`` holds the same objectives as per-sample integrands.
+r_t(theta) = pi_theta(a_t|s_t) / pi_theta_old(a_t|s_t) = exp(logp - logp_old).
 """
 
 from __future__ import annotations
@@ -22,38 +23,69 @@ class PolicyTerms(struct.PyTreeNode):
         return jnp.exp(self.log_prob - self.old_log_prob)
 
 
+# Each surrogate is written as its integrand: the per-sample term whose empirical mean E_t[...] over a minibatch is the
+# objective. ``loss_fn`` takes all the means of a minibatch in one reduction; the ``l_*`` functions are the means.
+def pg_term(t: PolicyTerms, clip_eps, beta):
+    """log pi_theta(a_t|s_t) A_t, the integrand of L^PG  (eq. 2)."""
+    return t.log_prob * t.advantages
+
+
+def cpi_term(t: PolicyTerms, clip_eps, beta):
+    """r_t(theta) A_t, the integrand of L^CPI  (eq. 6): importance-sampled, no clipping or penalty."""
+    return t.ratio * t.advantages
+
+
+def clip_term(t: PolicyTerms, clip_eps, beta):
+    """min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t), the integrand of L^CLIP  (eq. 7)."""
+    r = t.ratio
+    return jnp.minimum(r * t.advantages, jnp.clip(r, 1.0 - clip_eps, 1.0 + clip_eps) * t.advantages)
+
+
+def klpen_term(t: PolicyTerms, clip_eps, beta):
+    """r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)], the integrand of L^KLPEN  (eq. 8)."""
+    return t.ratio * t.advantages - beta * t.kl
+
+
+SURROGATE_TERMS = {"pg": pg_term, "cpi": cpi_term, "clip": clip_term, "kl-fixed": klpen_term,
+                   "kl-adaptive": klpen_term}
+
+
 def l_pg(t: PolicyTerms, clip_eps, beta):
     """L^PG = E_t[log pi_theta(a_t|s_t) A_t]  (eq. 2)."""
-    return jnp.mean(t.log_prob * t.advantages)
+    return jnp.mean(pg_term(t, clip_eps, beta))
 
 
 def l_cpi(t: PolicyTerms, clip_eps, beta):
-    """L^CPI = E_t[r_t(theta) A_t]  (eq. 6): importance-sampled, no clipping or penalty."""
-    return jnp.mean(t.ratio * t.advantages)
+    """L^CPI = E_t[r_t(theta) A_t]  (eq. 6)."""
+    return jnp.mean(cpi_term(t, clip_eps, beta))
 
 
 def l_clip(t: PolicyTerms, clip_eps, beta):
     """L^CLIP = E_t[min(r_t A_t, clip(r_t, 1-eps, 1+eps) A_t)]  (eq. 7)."""
-    r = t.ratio
-    return jnp.mean(jnp.minimum(r * t.advantages, jnp.clip(r, 1.0 - clip_eps, 1.0 + clip_eps) * t.advantages))
+    return jnp.mean(clip_term(t, clip_eps, beta))
 
 
 def l_klpen(t: PolicyTerms, clip_eps, beta):
     """L^KLPEN = E_t[r_t A_t - beta KL[pi_old(.|s_t), pi_theta(.|s_t)]]  (eq. 8)."""
-    return jnp.mean(t.ratio * t.advantages - beta * t.kl)
+    return jnp.mean(klpen_term(t, clip_eps, beta))
 
 
 OBJECTIVE_FNS = {"pg": l_pg, "cpi": l_cpi, "clip": l_clip, "kl-fixed": l_klpen, "kl-adaptive": l_klpen}
 
 
-def value_loss(values, old_values, targets, vf_clip=None):
-    """(V_theta(s_t) - V_t^targ)^2 of eq. 9; with ``vf_clip`` the ppo2 form
+def value_loss_term(values, old_values, targets, vf_clip=None):
+    """(V_theta(s_t) - V_t^targ)^2 of eq. 9 per sample; with ``vf_clip`` the ppo2 form
     max((V - V_targ)^2, (V_old + clip(V - V_old, -c, c) - V_targ)^2)."""
     sq = (values - targets) ** 2
     if vf_clip is None:
-        return jnp.mean(sq)
+        return sq
     clipped = old_values + jnp.clip(values - old_values, -vf_clip, vf_clip)
-    return jnp.mean(jnp.maximum(sq, (clipped - targets) ** 2))
+    return jnp.maximum(sq, (clipped - targets) ** 2)
+
+
+def value_loss(values, old_values, targets, vf_clip=None):
+    """L^VF = E_t[``value_loss_term``]."""
+    return jnp.mean(value_loss_term(values, old_values, targets, vf_clip))
 
 
 def adapt_beta(beta, d, d_targ):

@@ -126,7 +126,7 @@ def collect(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, state: Tra
     def one(actors, t):
         return env_step(env, spec, net, state, actors, acting_key(state, t))
 
-    actors, steps = jax.lax.scan(one, actors, jnp.arange(num_steps))
+    actors, steps = jax.lax.scan(one, actors, jnp.arange(num_steps), unroll=2)
     rollout, episodes = steps_to_rollout(steps, actors.obs)
     return actors, rollout, episodes
 
@@ -138,30 +138,36 @@ def iteration(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, state: T
     return state, actors, metrics, episodes
 
 
-def _skip(out_shapes, states, actors):
-    """The not-taken branch of a chunk's iteration: state unchanged, zero metrics and episodes."""
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes[2:])
-    return (states, actors) + tuple(zeros)
-
-
 def run_chunk(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, max_iterations: int,
               states: TrainState, actors: ActorState, n):
     """``n`` <= ``max_iterations`` iterations of K agents in one program (leaves [K, ...]).
 
-    ``n`` is traced: iterations i >= n are skipped by ``lax.cond`` (outside the agent vmap, so it stays a branch),
-    so one compiled program serves every chunk length. Returns (states, actors, metrics {name: [max_iterations, K]},
+    ``n`` is traced: a ``lax.while_loop`` runs the first n iterations, so one compiled program serves every chunk
+    length. Returns (states, actors, metrics {name: [max_iterations, K]},
     Episodes leaves [max_iterations, K, B]); only the first n rows are meaningful.
     """
-    agents = jax.vmap(functools.partial(iteration, env, spec, net, num_steps))
+    one = functools.partial(iteration, env, spec, net, num_steps)
+    K = jax.tree_util.tree_leaves(states)[0].shape[0]
+    if K == 1:  # a population of one: the same program without the batch dimension (~7 % faster on XLA CPU)
+        squeeze = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+        agents = lambda s, a: jax.tree_util.tree_map(lambda x: x[None], one(squeeze(s), squeeze(a)))
+    else:
+        agents = jax.vmap(one)
     out_shapes = jax.eval_shape(agents, states, actors)
 
-    def body(carry, i):
-        states, actors = carry
-        states, actors, metrics, episodes = jax.lax.cond(
-            i < n, agents, functools.partial(_skip, out_shapes), states, actors)
-        return (states, actors), (metrics, episodes)
+    # a while loop over the n iterations asked for, writing each one's metrics and episodes into row i of
+    # zero-filled [max_iterations, ...] buffers (one compiled program for every chunk length)
+    buffers = jax.tree_util.tree_map(lambda s: jnp.zeros((max_iterations,) + s.shape, s.dtype), out_shapes[2:])
 
-    (states, actors), (metrics, episodes) = jax.lax.scan(body, (states, actors), jnp.arange(max_iterations))
+    def body(carry):
+        i, states, actors, buffers = carry
+        states, actors, metrics, episodes = agents(states, actors)
+        buffers = jax.tree_util.tree_map(lambda buf, x: jax.lax.dynamic_update_index_in_dim(buf, x, i, 0),
+                                         buffers, (metrics, episodes))
+        return i + 1, states, actors, buffers
+
+    _, states, actors, (metrics, episodes) = jax.lax.while_loop(
+        lambda c: c[0] < n, body, (jnp.asarray(0, jnp.int32), states, actors, buffers))
     return states, actors, metrics, episodes
 
 
