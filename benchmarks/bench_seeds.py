@@ -2,6 +2,7 @@
 
     python benchmarks/bench_seeds.py             # 50k steps per agent, the default (cartpole) settings
     python benchmarks/bench_seeds.py --tiny      # checks the script
+    python benchmarks/bench_seeds.py --vector-mode vector   # Gymnasium's numpy CartPole (SAME_STEP autoreset)
 
 Total SPS counts the steps of every agent. The population shares one vector env, one numpy acting pass per step and
 one vmapped update per iteration, so the ratio sps_8 / sps_1 shows how much of the per-step overhead is amortized.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import typing
 
 import jax
 
@@ -33,13 +35,16 @@ def main():
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--total-timesteps", type=int, default=50_000)
     ap.add_argument("--seeds", type=int, default=8)
+    modes = typing.get_args(typing.get_type_hints(Config)["vector_mode"])
+    ap.add_argument("--vector-mode", default="sync", choices=modes,
+                    help="Config.vector_mode: how the Gymnasium vector env steps its sub-envs")
     args = ap.parse_args()
     steps = 1024 if args.tiny else args.total_timesteps
     cfg = Config(env="CartPole-v1", total_timesteps=steps, progress=False, tensorboard=False, checkpoint_every=0,
-                 eval_episodes=2 if args.tiny else 10)
+                 eval_episodes=2 if args.tiny else 10, vector_mode=args.vector_mode)
     one = run(cfg.replace(num_seeds=1))
     many = run(cfg.replace(num_seeds=args.seeds))
-    print(json.dumps({"bench": "seeds", "env": cfg.env,
+    print(json.dumps({"bench": "seeds", "env": cfg.env, "vector_mode": cfg.vector_mode,
                       "total_timesteps_per_agent": cfg.num_iterations * cfg.batch_size, "seeds": args.seeds,
                       "one": one, "many": many,
                       "sps_ratio": many["sps_after_first_call"] / one["sps_after_first_call"],

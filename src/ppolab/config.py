@@ -95,9 +95,10 @@ class Config:
     """Base random seed; agent i uses seed + i."""
     num_seeds: int = 1
     """Independent agents per hyperparameter combination, trained at once with jax.vmap."""
-    vector_mode: Literal["sync", "gym-sync", "async"] = "sync"
+    vector_mode: Literal["sync", "gym-sync", "async", "vector"] = "sync"
     """Gymnasium vector env: sync (ppolab's lean in-process loop, fastest), gym-sync (gymnasium's SyncVectorEnv),
-    async (gymnasium's AsyncVectorEnv, one process per env)."""
+    async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
+    Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
     act_backend: Literal["auto", "numpy", "jax"] = "auto"
     """How Gymnasium drivers compute actions: numpy forward pass of the MLP (fastest on CPU) or a jitted call."""
     run_dir: str | None = None

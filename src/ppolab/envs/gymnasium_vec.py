@@ -3,10 +3,13 @@
 The vector env runs in Gymnasium's SAME_STEP autoreset mode: when a sub-env's episode ends, ``step`` returns the
 first observation of the next episode and puts the episode's last observation in ``info["final_obs"]``. So no fake
 transition ever crosses an episode boundary, and a truncated step can bootstrap from V(final observation).
+That holds for every vector mode, including ``vector`` (``SameStepCartPoleVectorEnv``: Gymnasium's numpy CartPole,
+whose own autoreset is NEXT_STEP, given SAME_STEP autoreset).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -44,14 +47,52 @@ def _make_one(env_id: str, env_kwargs: dict, wrappers: list):
     return env
 
 
+#: ``vector_mode`` values of ``make_gymnasium_vec``.
+VECTOR_MODES = ("sync", "gym-sync", "async", "vector")
+_CARTPOLE_VECTOR_ENTRY_POINT = "gymnasium.envs.classic_control.cartpole:CartPoleVectorEnv"
+
+
+def _has_numpy_cartpole_vector(env_id: str) -> bool:
+    """Whether Gymnasium's vector entry point of ``env_id`` is its numpy CartPole (CartPole-v0, CartPole-v1)."""
+    import gymnasium as gym
+
+    entry = gym.spec(env_id).vector_entry_point
+    if isinstance(entry, str):
+        return entry == _CARTPOLE_VECTOR_ENTRY_POINT
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+    return isinstance(entry, type) and issubclass(entry, CartPoleVectorEnv)
+
+
+def check_vector_mode(env_id: str, mode: str) -> None:
+    """Raise ``EnvError`` for a vector mode ``env_id`` cannot use, before anything is created or written."""
+    if mode not in VECTOR_MODES:
+        raise EnvError(f"unknown --vector-mode {mode!r}; choose one of: {', '.join(VECTOR_MODES)}")
+    if mode == "vector" and not _has_numpy_cartpole_vector(env_id):
+        others = ", ".join(m for m in VECTOR_MODES if m != "vector")
+        raise EnvError(f"--vector-mode vector is not available for {env_id!r} (only CartPole-v0 and CartPole-v1 have "
+                       f"Gymnasium's vectorized implementation); choose one of: {others}")
+
+
 def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwargs: dict | None = None,
                        wrappers: list | None = None):
     """A Gymnasium vector env in SAME_STEP autoreset mode. ``mode``: sync (``LeanSyncVectorEnv``, the default),
-    gym-sync (``gymnasium.vector.SyncVectorEnv``) or async (``gymnasium.vector.AsyncVectorEnv``)."""
+    gym-sync (``gymnasium.vector.SyncVectorEnv``), async (``gymnasium.vector.AsyncVectorEnv``) or vector (the env's
+    own vectorized implementation, Gymnasium's vector entry point; CartPole-v0/v1 only, as
+    ``SameStepCartPoleVectorEnv``)."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
     check_env_id(env_id)
+    check_vector_mode(env_id, mode)
+    if mode == "vector":
+        if wrappers:
+            raise EnvError(f"--vector-mode vector steps {env_id!r} as one vectorized env: per-env wrappers cannot be "
+                           "applied; use --vector-mode sync")
+        # Gymnasium's own construction from the registered spec (its kwargs, max_episode_steps: 500 for v1, 200 for
+        # v0), with the vector entry point swapped for the SAME_STEP subclass.
+        spec = dataclasses.replace(gym.spec(env_id), vector_entry_point=_same_step_cartpole_class())
+        return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
     wrappers = list(wrappers or [])
     probe = _make_one(env_id, env_kwargs or {}, wrappers)
     try:
@@ -66,6 +107,69 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP,
                                        **({"context": "spawn"} if mode == "async" else {})},  # no fork under JAX
                         **(env_kwargs or {}))
+
+
+@functools.cache
+def _same_step_cartpole_class():
+    """Built on first use, so that importing this module does not import Gymnasium."""
+    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+    from gymnasium.vector import AutoresetMode
+
+    class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
+        """Gymnasium's numpy-vectorized CartPole (all sub-envs in one numpy step, its physics unchanged) with
+        SAME_STEP autoreset instead of its NEXT_STEP one.
+
+        A sub-env whose episode ends (terminated, or truncated at ``max_episode_steps``) is reset within the same
+        ``step``: the step returns the next episode's first observation, drawn from the sub-env's own generator in the
+        reset bounds, and puts the episode's last observation in ``info["final_obs"]`` (mask
+        ``info["_final_obs"]``), like ``LeanSyncVectorEnv``. No step is a NEXT_STEP filler (reward 0, action
+        ignored). ``reset(seed=...)`` takes an int (sub-env i gets seed + i) or a list of per-sub-env seeds (as
+        ``GymnasiumVecEnv`` passes); each sub-env draws its initial states from its own generator.
+        """
+
+        metadata = {**CartPoleVectorEnv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+        def reset(self, *, seed=None, options=None):
+            n = self.num_envs
+            if isinstance(seed, list | tuple | np.ndarray):
+                seeds = [None if x is None else int(x) for x in seed]
+            else:
+                seeds = [None if seed is None else seed + i for i in range(n)]
+            obs, info = super().reset(seed=seeds[0], options=options)  # counters, bounds, the shared generator
+            # one generator per sub-env, as each env of a SyncVectorEnv has: an actor's reset states depend on its
+            # own seed only (so an agent of a population does not depend on when the others' episodes end)
+            self.sub_rngs = [np.random.default_rng(x) for x in seeds]
+            self.state = np.stack([r.uniform(self.low, self.high, size=4) for r in self.sub_rngs], axis=1)
+            return self.state.T.astype(np.float32), info
+
+        def step(self, actions):
+            # With no sub-env marked done from the previous step, the parent's NEXT_STEP reset is a no-op and its
+            # step is the plain physics step of every sub-env.
+            self.prev_done[:] = False
+            obs, reward, terminated, truncated, _ = super().step(np.asarray(actions))
+            done = terminated | truncated
+            info = {}
+            if done.any():
+                idx = np.flatnonzero(done)
+                info["final_obs"] = np.full(self.num_envs, None, object)
+                info["_final_obs"] = done.copy()
+                for i in idx:
+                    info["final_obs"][i] = obs[i].copy()
+                for i in idx:
+                    self.state[:, i] = self.sub_rngs[i].uniform(self.low, self.high, size=4)
+                self.steps[idx] = 0
+                obs[idx] = self.state[:, idx].T.astype(np.float32)
+            return obs, reward, terminated, truncated, info
+
+    SameStepCartPoleVectorEnv.__module__ = __name__
+    SameStepCartPoleVectorEnv.__qualname__ = "SameStepCartPoleVectorEnv"
+    return SameStepCartPoleVectorEnv
+
+
+def __getattr__(name):
+    if name == "SameStepCartPoleVectorEnv":
+        return _same_step_cartpole_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LeanSyncVectorEnv:
