@@ -99,6 +99,9 @@ class Config:
     """Gymnasium vector env: sync (ppolab's lean in-process loop, fastest), gym-sync (gymnasium's SyncVectorEnv),
     async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
     Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
+    threads: int = 0
+    """CPU threads that update the agents of a population in parallel, each a group of agents (0 = one per CPU core,
+    at most one per agent). Results do not depend on it."""
     act_backend: Literal["auto", "numpy", "jax"] = "auto"
     """How Gymnasium drivers compute actions: numpy forward pass of the MLP (fastest on CPU) or a jitted call."""
     run_dir: str | None = None
@@ -280,6 +283,8 @@ def validate(cfg: Config) -> Config:
            f"--checkpoint-every-s must be a number of seconds >= 0 (got {cfg.checkpoint_every_s!r})")
     _check(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1 (got {cfg.keep_checkpoints})")
     _check(cfg.iterations_per_call >= 0, f"--iterations-per-call must be >= 0 (got {cfg.iterations_per_call})")
+    _check(isinstance(cfg.threads, numbers.Integral) and cfg.threads >= 0,
+           f"--threads must be an integer >= 0 (got {cfg.threads!r})")
     _check(isinstance(cfg.env, str) and cfg.env.strip() != "", f"--env must be an environment id (got {cfg.env!r})")
     _check(isinstance(cfg.seed, numbers.Integral) and 0 <= cfg.seed < 2**31,
            f"--seed must be an integer in [0, 2**31) (got {cfg.seed!r})")

@@ -178,7 +178,7 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 #: Options that may change when a run is resumed (they do not affect what is learned).
-RESUME_OVERRIDABLE = ("progress", "tensorboard", "eval_episodes", "eval_deterministic", "checkpoint_every",
+RESUME_OVERRIDABLE = ("threads", "progress", "tensorboard", "eval_episodes", "eval_deterministic", "checkpoint_every",
                       "checkpoint_every_s", "keep_checkpoints", "nonfinite", "compile_cache")
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppolab.config import Config
+from ppolab.drivers.population import Groups, num_groups
 from ppolab.networks import ActorCritic, NumpyPolicy
 from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
@@ -44,7 +45,8 @@ class HostDriver:
         if backend == "numpy" and not NumpyPolicy.supports(net):
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
-        self.learn = jax.jit(jax.vmap(functools.partial(learn, spec, net)))
+        self._learn = jax.jit(jax.vmap(functools.partial(learn, spec, net)))
+        self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
         self._act = jax.jit(lambda s, o, k, deterministic=False: jax.vmap(
             functools.partial(act, spec, net, deterministic=deterministic))(s, o, k), static_argnames="deterministic")
         self.obs = None
@@ -64,6 +66,11 @@ class HostDriver:
 
     def close(self):
         self.env.close()
+        self.groups.close()
+
+    def learn(self, state: TrainState, rollout: Rollout):
+        """The vmapped update of every agent (in parallel groups of agents, see ``drivers.population``)."""
+        return self.groups(self._learn, state, rollout)
 
     def driver_state(self):
         return None  # Gymnasium envs cannot be snapshotted; a resumed run restarts episodes from derived seeds

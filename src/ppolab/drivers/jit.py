@@ -18,6 +18,7 @@ import numpy as np
 from flax import struct
 
 from ppolab.config import Config, ConfigError
+from ppolab.drivers.population import Groups, num_groups
 from ppolab.envs import backend_of
 from ppolab.networks import ActorCritic, make_network
 from ppolab.types import Rollout, TrainState
@@ -246,6 +247,7 @@ class JitDriver:
         self.net = make_network(cfg, self.obs_spec, self.action_spec)
         self.iterations_per_call = auto_iterations_per_call(cfg)
         self.actors: ActorState | None = None
+        self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
 
     # ---- episodes ---------------------------------------------------------------------------------------------
     def _population_keys(self, seeds: list[int]):
@@ -281,6 +283,7 @@ class JitDriver:
 
     def close(self):
         self.actors = None
+        self.groups.close()
 
     # ---- training ---------------------------------------------------------------------------------------------
     def run(self, state: TrainState, num_iterations: int = 1):
@@ -293,9 +296,10 @@ class JitDriver:
         done = 0
         while done < num_iterations:
             n = min(self.iterations_per_call, num_iterations - done)
-            state, self.actors, metrics, episodes = _run_chunk_jit(
-                self.env, self.spec, self.net, self.T, self.iterations_per_call, state, self.actors,
-                jnp.asarray(n, jnp.int32))
+            chunk = functools.partial(_run_chunk_jit, self.env, self.spec, self.net, self.T,
+                                      self.iterations_per_call, n=jnp.asarray(n, jnp.int32))
+            # agent groups on parallel threads; metrics and episodes have the iteration axis first, agents second
+            state, self.actors, metrics, episodes = self.groups(chunk, state, self.actors, out_axes=(0, 0, 1, 1))
             metrics, episodes = jax.device_get((metrics, episodes))
             for j in range(n):
                 all_metrics.append({k: v[j] for k, v in metrics.items()})
