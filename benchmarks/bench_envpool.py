@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 
@@ -56,10 +57,16 @@ def main():
     ap.add_argument("--num-envs", type=int, default=8)
     ap.add_argument("--raw-steps", type=int, default=2500, help="pool steps (each steps every env)")
     ap.add_argument("--train-steps", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternated raw / adapter measurements")
     args = ap.parse_args()
     raw_steps = 50 if args.tiny else args.raw_steps
-    adapter, threads = adapter_sps(args.task, args.num_envs, raw_steps)
-    raw = raw_sps(args.task, args.num_envs, raw_steps, threads)
+    # alternated, fresh pools each round, medians: the first pool of a process runs slower than later ones here
+    raws, adapters = [], []
+    for _ in range(1 if args.tiny else args.rounds):
+        adapter, threads = adapter_sps(args.task, args.num_envs, raw_steps)
+        adapters.append(adapter)
+        raws.append(raw_sps(args.task, args.num_envs, raw_steps, threads))
+    raw, adapter = statistics.median(raws), statistics.median(adapters)
     cfg = Config(env=f"envpool:{args.task}", preset="ppo2-mujoco", num_envs=args.num_envs, num_steps=256,
                  total_timesteps=args.num_envs * 256 * 2 if args.tiny else args.train_steps, progress=False,
                  tensorboard=False, checkpoint_every=0, eval_episodes=1 if args.tiny else 5)
@@ -69,9 +76,12 @@ def main():
             "eval_episodes")}).summary
     print(json.dumps({"bench": "envpool", "task": args.task, "num_envs": args.num_envs, "threads": threads,
                       "raw_sps": round(raw, 1), "adapter_sps": round(adapter, 1),
+                      "raw_sps_rounds": [round(x) for x in raws], "adapter_sps_rounds": [round(x) for x in adapters],
                       "adapter_over_raw": adapter / raw, "train_sps": s["sps"],
                       "train_sps_after_first_call": round((s["total_timesteps"] - cfg.batch_size) / max(
                           s["train_loop_s"] - s["first_call_s"], 1e-9), 1),
+                      "train_over_raw": (s["total_timesteps"] - cfg.batch_size) / max(
+                          s["train_loop_s"] - s["first_call_s"], 1e-9) / raw,
                       "train_timesteps": s["total_timesteps"], "eval_return_mean": s["eval_return_mean"]}))
 
 

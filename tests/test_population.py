@@ -68,3 +68,22 @@ def test_two_threads_give_the_same_run_as_one(tmp_path, env, kw, num_seeds):
 def test_bad_threads_value_is_refused():
     with pytest.raises(ConfigError, match="--threads"):
         validate(Config(threads=-1))
+
+
+def test_xla_compiler_options(monkeypatch):
+    from ppolab import xla
+
+    try:
+        monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: True)
+        xla.compiler_options.cache_clear()
+        assert xla.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+        assert float(xla.jit(lambda x: x * 2.0)(jnp.asarray(2.0))) == 4.0  # the option is accepted by XLA
+        monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: False)
+        xla.compiler_options.cache_clear()
+        assert xla.compiler_options() == {}
+        monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: True)
+        monkeypatch.setenv("PPOLAB_XLA_DEFAULTS", "0")
+        xla.compiler_options.cache_clear()
+        assert xla.compiler_options() == {}
+    finally:
+        xla.compiler_options.cache_clear()

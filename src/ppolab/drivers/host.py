@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppolab import xla
 from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
 from ppolab.networks import ActorCritic, NumpyPolicy
@@ -45,7 +46,7 @@ class HostDriver:
         if backend == "numpy" and not NumpyPolicy.supports(net):
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
-        self._learn = jax.jit(jax.vmap(functools.partial(learn, spec, net)))
+        self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)))
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
         self._act = jax.jit(lambda s, o, k, deterministic=False: jax.vmap(
             functools.partial(act, spec, net, deterministic=deterministic))(s, o, k), static_argnames="deterministic")

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ppolab import xla
 from ppolab.config import Config, ConfigError
 from ppolab.drivers.population import Groups, num_groups
 from ppolab.envs import backend_of
@@ -194,7 +195,7 @@ def evaluate_agent(env, spec: LearnerSpec, net: ActorCritic, num_episodes: int, 
     return returns
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+@functools.partial(xla.jit, static_argnums=(0, 1, 2, 3, 4))
 def _run_chunk_jit(env, spec, net, num_steps, max_iterations, states, actors, n):
     return run_chunk(env, spec, net, num_steps, max_iterations, states, actors, n)
 
