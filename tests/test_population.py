@@ -77,7 +77,6 @@ def test_xla_compiler_options(monkeypatch):
         monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: True)
         xla.compiler_options.cache_clear()
         assert xla.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
-        assert xla.compiler_options(True) == {"xla_cpu_prefer_vector_width": 512, "xla_cpu_use_fusion_emitters": False}
         assert float(xla.jit(lambda x: x * 2.0)(jnp.asarray(2.0))) == 4.0  # the option is accepted by XLA
         monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: False)
         xla.compiler_options.cache_clear()
@@ -85,6 +84,6 @@ def test_xla_compiler_options(monkeypatch):
         monkeypatch.setattr(xla, "_cpu_has_avx512", lambda: True)
         monkeypatch.setenv("PPOLAB_XLA_DEFAULTS", "0")
         xla.compiler_options.cache_clear()
-        assert xla.compiler_options() == {} and xla.compiler_options(True) == {}
+        assert xla.compiler_options() == {}
     finally:
         xla.compiler_options.cache_clear()

@@ -96,7 +96,7 @@ class Config:
     num_seeds: int = 1
     """Independent agents per hyperparameter combination, trained at once with jax.vmap."""
     vector_mode: Literal["sync", "gym-sync", "async", "vector"] = "sync"
-    """Gymnasium vector env: sync (ppolab's lean in-process loop, fastest), gym-sync (gymnasium's SyncVectorEnv),
+    """Gymnasium vector env: sync (ppolab's lean in-process loop over the envs), gym-sync (gymnasium's SyncVectorEnv),
     async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
     Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
     threads: int = 0

@@ -3,9 +3,8 @@
 On an x86 CPU with AVX-512, XLA:CPU still emits 256-bit vector code unless told otherwise
 (``xla_cpu_prefer_vector_width``, default 256, a safe choice for CPUs that slow their clock on 512-bit code). On the
 AMD EPYC VMs ppolab is measured on, 512-bit code made the PPO update ~5 % faster (PureJaxRL-sized gymnax CartPole
-iteration 2.01 -> 1.90 ms, Hopper update 22.3 -> 21.1 ms, A/B in one process; BENCHMARKS.md). The host driver's
-learner is also compiled without the MLIR fusion emitters, for memory (see ``compiler_options``). No fast-math:
-results stay IEEE float32. ``PPOLAB_XLA_DEFAULTS=0`` turns all of this off.
+iteration 2.01 -> 1.90 ms, Hopper update 22.3 -> 21.1 ms, CartPole update 4.40 -> 4.03 ms, A/B in one process;
+BENCHMARKS.md). No fast-math: results stay IEEE float32. ``PPOLAB_XLA_DEFAULTS=0`` turns this off.
 """
 
 from __future__ import annotations
@@ -28,33 +27,29 @@ def _cpu_has_avx512() -> bool:
 
 
 @functools.cache
-def compiler_options(lean_compile: bool = False) -> dict:
+def compiler_options() -> dict:
     """Options for ppolab's jitted programs on the current default backend (empty off CPU).
 
-    ``lean_compile``: compile without XLA:CPU's MLIR fusion emitters (the host driver's learner). Measured on the
-    CartPole default: peak RSS of a first run (nothing cached) 570-587 -> 340 MiB and a faster compile; the
-    update itself runs ~5 % slower (Hopper 2048 x 10 x 32: 20.8 -> 21.9 ms), ~0.5 % of a Hopper iteration.
-    The fused JAX-env programs keep the emitters (9 % faster there)."""
+    Not used, measured: ``xla_cpu_use_fusion_emitters=False`` lowers the peak RSS of a first (uncached) CartPole
+    run from ~580 to ~380 MiB, but makes the CartPole update 33 % slower (4.03 -> 5.35 ms) and the fused gymnax
+    iteration 9 % slower."""
     if os.environ.get("PPOLAB_XLA_DEFAULTS", "1") == "0" or jax.default_backend() != "cpu":
         return {}
-    out = {"xla_cpu_prefer_vector_width": 512} if _cpu_has_avx512() else {}
-    if lean_compile:
-        out["xla_cpu_use_fusion_emitters"] = False
-    return out
+    return {"xla_cpu_prefer_vector_width": 512} if _cpu_has_avx512() else {}
 
 
 class jit:
     """``jax.jit`` with ``compiler_options()``, created on first use (so that importing a module does not start the
     JAX backend). Supports calling and ``lower``, like the jitted function it stands for."""
 
-    def __init__(self, fn, lean_compile: bool = False, **jit_kwargs):
-        self.fn, self.jit_kwargs, self._jitted, self.lean_compile = fn, jit_kwargs, None, lean_compile
+    def __init__(self, fn, **jit_kwargs):
+        self.fn, self.jit_kwargs, self._jitted = fn, jit_kwargs, None
         functools.update_wrapper(self, fn)
 
     @property
     def jitted(self):
         if self._jitted is None:
-            options = compiler_options(self.lean_compile)
+            options = compiler_options()
             self._jitted = jax.jit(self.fn, compiler_options=options or None, **self.jit_kwargs)
         return self._jitted
 

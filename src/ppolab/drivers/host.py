@@ -46,7 +46,7 @@ class HostDriver:
         if backend == "numpy" and not NumpyPolicy.supports(net):
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
-        self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)), lean_compile=True)
+        self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)))
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
         self._act = jax.jit(lambda s, o, k, deterministic=False: jax.vmap(
             functools.partial(act, spec, net, deterministic=deterministic))(s, o, k), static_argnames="deterministic")
