@@ -63,7 +63,7 @@ def enable_compilation_cache(path: str | None = None) -> None:
     try:
         os.makedirs(path, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program: a load is ~10-30 ms
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     except Exception:  # pragma: no cover - the cache is an optimization only
         pass

@@ -8,6 +8,11 @@ Vectorize with ``jax.vmap`` over keys, states and actions.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,6 +46,34 @@ def obs_spec_from_gymnax(space) -> ObsSpec:
     raise UnsupportedSpaceError(f"gymnax observation space {space} is not supported; supported: Box, Discrete")
 
 
+class _ImportOnUse(types.ModuleType):
+    """Stands in for a module until an attribute of it is first used; then the real module is imported."""
+
+    def __getattr__(self, attr):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def import_gymnax():
+    """``import gymnax``, without importing seaborn at that moment.
+
+    gymnax's package imports all of its environments, and two of them import seaborn for their plotting helpers:
+    0.7 s of a ~1.1 s import here, before any training starts. During the import, seaborn is a stand-in that imports
+    the real seaborn on first use (so gymnax's plots still work); ppolab's own start-up never pays for it."""
+    if "gymnax" in sys.modules:
+        return sys.modules["gymnax"]
+    stub = None
+    if "seaborn" not in sys.modules and importlib.util.find_spec("seaborn") is not None:
+        stub = sys.modules["seaborn"] = _ImportOnUse("seaborn")
+    try:
+        import gymnax
+    finally:
+        if stub is not None and sys.modules.get("seaborn") is stub:
+            del sys.modules["seaborn"]
+    return gymnax
+
+
 class GymnaxEnv:
     """One gymnax env (``gymnax.make(name)`` with its default parameters) as pure functions of one actor.
 
@@ -53,7 +86,7 @@ class GymnaxEnv:
 
     def __init__(self, name: str):
         try:
-            import gymnax
+            gymnax = import_gymnax()
         except ImportError:  # pragma: no cover - gymnax is a core dependency
             raise ConfigError("gymnax:NAME environments need gymnax: pip install 'gymnax>=1.0'") from None
         if name not in gymnax.registered_envs:
