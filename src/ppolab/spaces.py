@@ -37,7 +37,8 @@ class ActionSpec:
         """Box actions are clipped to the bounds when executed; the unclipped action is what is stored."""
         if self.kind != "box" or not self.low:
             return action
-        return np.clip(action, np.asarray(self.low, np.float32), np.asarray(self.high, np.float32))
+        # np.minimum / np.maximum: np.clip's Python wrapper costs ~3 us a call, felt once per env step
+        return np.minimum(np.maximum(action, np.asarray(self.low, np.float32)), np.asarray(self.high, np.float32))
 
 
 @dataclasses.dataclass(frozen=True)

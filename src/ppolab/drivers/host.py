@@ -28,11 +28,15 @@ def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, determ
     return dist.mode() if deterministic else dist.sample(key)
 
 
-def _numpy_normalize(state_np, obs, eps=1e-8):
-    """obs [K, B, *obs] with stats [K, *obs] -> normalized (same as ``normalize.normalize_obs``)."""
-    mean = state_np.mean[:, None]
-    std = np.sqrt(state_np.var[:, None] + eps)
-    return np.clip((obs - mean) / std, -10.0, 10.0).astype(np.float32)
+def _numpy_normalize(stats, obs):
+    """obs [K, B, *obs] with ``(mean, std)`` from ``_numpy_stats`` -> normalized (as ``normalize.normalize_obs``)."""
+    mean, std = stats
+    return np.minimum(np.maximum((obs - mean) / std, -10.0), 10.0).astype(np.float32, copy=False)
+
+
+def _numpy_stats(state_np, eps=1e-8):
+    """Running observation stats [K, *obs] -> (mean, std) [K, 1, *obs], computed once per rollout."""
+    return state_np.mean[:, None], np.sqrt(state_np.var[:, None] + eps)
 
 
 class HostDriver:
@@ -96,7 +100,7 @@ class HostDriver:
     def collect(self, state: TrainState):
         """One rollout of T steps for every agent. Returns (Rollout with leaves [K, T, B, ...], episodes)."""
         policy = self._policy(state)
-        obs_stats = jax.device_get(state.obs_stats) if self.spec.normalize_obs else None
+        obs_stats = _numpy_stats(jax.device_get(state.obs_stats)) if self.spec.normalize_obs else None
         noise = None
         key = None
         if policy is not None:
@@ -133,7 +137,7 @@ class HostDriver:
         try:
             obs = env.reset(seed)
             policy = self._policy(state)
-            obs_stats = jax.device_get(state.obs_stats) if self.spec.normalize_obs else None
+            obs_stats = _numpy_stats(jax.device_get(state.obs_stats)) if self.spec.normalize_obs else None
             rngs = self._rngs(state)
             returns = np.full((self.K, episodes), np.nan)
             alive = np.ones((self.K, episodes), bool)

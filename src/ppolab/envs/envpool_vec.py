@@ -26,8 +26,10 @@ def import_envpool():
     return envpool
 
 
-def _by_env_id(x, env_id):
+def _by_env_id(x, env_id, in_order: bool = False):
     """Rows of a batch put in env_id order (envpool may return a batch in any order)."""
+    if in_order:
+        return x
     out = np.empty_like(x)
     out[env_id] = x
     return out
@@ -58,6 +60,7 @@ class EnvpoolVecEnv:
         self.action_spec: ActionSpec = action_spec_from_gymnasium(self.pool.action_space)
         self._ret = np.zeros(self.n, np.float64)
         self._len = np.zeros(self.n, np.int64)
+        self._order = np.arange(self.n, dtype=np.int32)
 
     def _make(self, seed: int):
         envpool = import_envpool()
@@ -87,12 +90,13 @@ class EnvpoolVecEnv:
     def step(self, actions: np.ndarray):
         """actions [K, B, ...] -> next_obs, reward, terminated, truncated, final_obs [K, B, ...], episodes."""
         flat = self.action_spec.clip(actions.reshape((self.n,) + actions.shape[2:]))
-        obs, rew, term, trunc, info = self.pool.step(flat, np.arange(self.n, dtype=np.int32))
+        obs, rew, term, trunc, info = self.pool.step(flat, self._order)
         ids = info["env_id"]
-        obs = _by_env_id(self._obs(obs), ids)
-        rew = _by_env_id(np.asarray(rew, np.float64), ids)
-        term = _by_env_id(np.asarray(term, bool), ids)
-        trunc = _by_env_id(np.asarray(trunc, bool), ids) & ~term
+        ordered = bool((ids == self._order).all())  # the usual case in sync mode: no reordering copies
+        obs = _by_env_id(self._obs(obs), ids, ordered)
+        rew = _by_env_id(np.asarray(rew, np.float64), ids, ordered)
+        term = _by_env_id(np.asarray(term, bool), ids, ordered)
+        trunc = _by_env_id(np.asarray(trunc, bool), ids, ordered) & ~term
         done = term | trunc
         self._ret += rew
         self._len += 1
