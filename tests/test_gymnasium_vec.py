@@ -59,12 +59,12 @@ def test_final_obs_is_the_last_observation_not_the_reset_one():
 
 
 def test_dict_observations_and_multidiscrete_actions_learn(tmp_path):
-    cfg = Config(env="ppolab/DictObsMultiDiscrete-v0", total_timesteps=16384, num_envs=8, num_steps=64,
+    cfg = Config(env="ppolab/DictObsMultiDiscrete-v0", total_timesteps=24576, num_envs=8, num_steps=64,
                  num_epochs=4, learning_rate=3e-3, eval_episodes=5, run_dir=str(tmp_path / "d"), tensorboard=False,
                  progress=False)
     result = ppolab.train(cfg)
-    # random: ~3.3 of 10; 8.3 on average over seeds 0-4 (7.4-9.0), so 7 is a clear margin above chance
-    assert result.summary["eval_return_mean"] >= 7.0
+    # random: ~3.3 of 10; with this budget seeds 0-4 give 9.4-9.8 (16k steps gave 7.4-9.0: too close to 8)
+    assert result.summary["eval_return_mean"] >= 8.0
 
 
 @pytest.mark.parametrize("mode", ["gym-sync", "async", "vector"])
