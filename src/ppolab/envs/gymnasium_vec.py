@@ -155,7 +155,6 @@ def _same_step_cartpole_class():
                 info["_final_obs"] = done.copy()
                 for i in idx:
                     info["final_obs"][i] = obs[i].copy()
-                for i in idx:
                     self.state[:, i] = self.sub_rngs[i].uniform(self.low, self.high, size=4)
                 self.steps[idx] = 0
                 obs[idx] = self.state[:, idx].T.astype(np.float32)
