@@ -38,13 +38,15 @@ def main():
     modes = typing.get_args(typing.get_type_hints(Config)["vector_mode"])
     ap.add_argument("--vector-mode", default="sync", choices=modes,
                     help="Config.vector_mode: how the Gymnasium vector env steps its sub-envs")
+    ap.add_argument("--env", default="CartPole-v1", help="e.g. gymnax:CartPole-v1 (the jitted driver)")
+    ap.add_argument("--threads", type=int, default=0, help="Config.threads for the population (0: one per core)")
     args = ap.parse_args()
     steps = 1024 if args.tiny else args.total_timesteps
-    cfg = Config(env="CartPole-v1", total_timesteps=steps, progress=False, tensorboard=False, checkpoint_every=0,
-                 eval_episodes=2 if args.tiny else 10, vector_mode=args.vector_mode)
+    cfg = Config(env=args.env, total_timesteps=steps, progress=False, tensorboard=False, checkpoint_every=0,
+                 eval_episodes=2 if args.tiny else 10, vector_mode=args.vector_mode, threads=args.threads)
     one = run(cfg.replace(num_seeds=1))
     many = run(cfg.replace(num_seeds=args.seeds))
-    print(json.dumps({"bench": "seeds", "env": cfg.env, "vector_mode": cfg.vector_mode,
+    print(json.dumps({"bench": "seeds", "env": cfg.env, "vector_mode": cfg.vector_mode, "threads": cfg.threads,
                       "total_timesteps_per_agent": cfg.num_iterations * cfg.batch_size, "seeds": args.seeds,
                       "one": one, "many": many,
                       "sps_ratio": many["sps_after_first_call"] / one["sps_after_first_call"],
