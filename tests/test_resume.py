@@ -279,3 +279,24 @@ def test_repeated_sigkills_at_random_times_then_resume_is_bitwise(uninterrupted,
     assert strip_time(csv_rows(run)) == strip_time(csv_rows(ref))
     assert_same_arrays(train_state_arrays(run / "checkpoints" / f"ckpt-{ITERS:08d}.ppolab"),
                        train_state_arrays(ref / "checkpoints" / f"ckpt-{ITERS:08d}.ppolab"))
+
+
+def test_a_resumed_tensorboard_writer_never_overwrites_the_earlier_event_file(tmp_path):
+    """tensorboardX names event files by the second; a writer opened in the same second as an earlier one must not
+    truncate that file (found when a resume followed its run within one second)."""
+    from ppolab.logging import MetricsLogger
+    from ppolab.update import METRIC_KEYS
+
+    def rows(its):
+        return [{"iteration": i, "agent": 0, "env_steps": i * 10, "time_s": 0.0, "episodes": 0,
+                 "episode_return": float(i), "return_recent": float(i), **{k: float(i) for k in METRIC_KEYS}}
+                for i in its]
+
+    first = MetricsLogger(tmp_path, tensorboard=True, steps_per_iteration=10)
+    first.log(rows(range(1, 7)))
+    first.close()
+    second = MetricsLogger(tmp_path, tensorboard=True, resume_iteration=4, steps_per_iteration=10)  # same second
+    second.log(rows(range(5, 9)))
+    second.close()
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 2
+    assert read_tb_scalars(tmp_path / "tb", "policy_loss") == {i * 10: float(i) for i in range(1, 9)}

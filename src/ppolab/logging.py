@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 from pathlib import Path
 
 from ppolab.update import METRIC_KEYS
@@ -31,7 +32,11 @@ class MetricsLogger:
             SummaryWriter = _summary_writer()
             # TensorBoard steps are env_steps = iteration * steps_per_iteration: purge those past the checkpoint
             kw = {"purge_step": resume_iteration * steps_per_iteration + 1} if resume_iteration is not None else {}
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=30, **kw)
+            # tensorboardX names the file events.out.tfevents.<second>.<host> and truncates an existing file of that
+            # name: a resume within the same second as the run it continues would wipe that run's events. A
+            # nanosecond suffix keeps every writer's file apart (and in order).
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), flush_secs=30, filename_suffix=f".{time.time_ns()}",
+                                     **kw)
 
     def _truncate(self, last_iteration: int):
         """Keep the rows up to ``last_iteration``. A row cut short by a kill (only rows after the checkpoint can be:
