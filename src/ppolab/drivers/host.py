@@ -73,6 +73,15 @@ class HostDriver:
         self.env.close()
         self.groups.close()
 
+    def precompile(self, state_shapes: TrainState):
+        """Compile the update for every group shape now, from the train state's shapes alone (before any agent is
+        initialized: XLA's compiler then starts from a smaller process, see train.py)."""
+        rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
+                          truncated=self._trunc, final_obs=self._final, last_obs=self._obs[:, 0])
+        for state_g, rollout_g in zip(self.groups.abstract_parts(state_shapes), self.groups.abstract_parts(rollout),
+                                      strict=True):
+            self._learn.lower(state_g, rollout_g).compile()
+
     def learn(self, state: TrainState, rollout: Rollout):
         """The vmapped update of every agent (in parallel groups of agents, see ``drivers.population``)."""
         return self.groups(self._learn, state, rollout)

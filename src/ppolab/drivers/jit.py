@@ -287,6 +287,17 @@ class JitDriver:
         self.groups.close()
 
     # ---- training ---------------------------------------------------------------------------------------------
+    def _chunk(self, n):
+        return functools.partial(_run_chunk_jit, self.env, self.spec, self.net, self.T, self.iterations_per_call,
+                                 n=jnp.asarray(n, jnp.int32))
+
+    def precompile(self, state_shapes: TrainState):
+        """Compile the fused chunk for every group shape now, from the shapes alone (see ``HostDriver.precompile``)."""
+        for state_g, actors_g in zip(self.groups.abstract_parts(state_shapes),
+                                     self.groups.abstract_parts(self._actor_shapes()), strict=True):
+            _run_chunk_jit.lower(self.env, self.spec, self.net, self.T, self.iterations_per_call, state_g, actors_g,
+                                 n=jnp.asarray(0, jnp.int32)).compile()
+
     def run(self, state: TrainState, num_iterations: int = 1):
         """``num_iterations`` iterations in calls of up to ``iterations_per_call`` fused iterations.
 
@@ -297,10 +308,9 @@ class JitDriver:
         done = 0
         while done < num_iterations:
             n = min(self.iterations_per_call, num_iterations - done)
-            chunk = functools.partial(_run_chunk_jit, self.env, self.spec, self.net, self.T,
-                                      self.iterations_per_call, n=jnp.asarray(n, jnp.int32))
             # agent groups on parallel threads; metrics and episodes have the iteration axis first, agents second
-            state, self.actors, metrics, episodes = self.groups(chunk, state, self.actors, out_axes=(0, 0, 1, 1))
+            state, self.actors, metrics, episodes = self.groups(self._chunk(n), state, self.actors,
+                                                                out_axes=(0, 0, 1, 1))
             metrics, episodes = jax.device_get((metrics, episodes))
             for j in range(n):
                 all_metrics.append({k: v[j] for k, v in metrics.items()})

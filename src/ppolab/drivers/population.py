@@ -52,6 +52,13 @@ class Groups:
                                                        for a, b in bounds])
         self._joins = {}
 
+    def abstract_parts(self, tree):
+        """The distinct group shapes of a [K, ...] pytree (of arrays or ``jax.ShapeDtypeStruct``), one tree each."""
+        sizes = sorted({b - a for a, b in self.bounds})
+        return [jax.tree_util.tree_map(lambda x, g=g: jax.ShapeDtypeStruct((g,) + tuple(x.shape[1:]), x.dtype,
+                                                                           weak_type=getattr(x, "weak_type", False)),
+                                       tree) for g in sizes]
+
     def __call__(self, fn, *args, out_axes=0):
         if self._pool is None:
             return fn(*args)
