@@ -6,8 +6,9 @@ population is cut into G contiguous groups along the agent axis, each group's ji
 thread (JAX releases the GIL while XLA runs), and the results are joined again. Measured on the 2-core VM: the
 update of 8 CartPole agents, 28.6 ms as one vmapped call, 16.2 ms as two threads of 4 (BENCHMARKS.md).
 
-Every agent's arithmetic is the same whichever group it is in (``tests/test_population.py`` checks that a run is
-bitwise identical with 1 and 2 threads), so the grouping is a speed setting, not a learning one.
+With equal-sized groups every agent's parameters are bitwise the same as in one program (``tests/test_population.py``
+checks 4 agents with 1 and 2 threads); a group of one runs unbatched and may differ in the last bits, and batch
+statistics such as the explained variance may too. The grouping is a speed setting, not a learning one.
 """
 
 from __future__ import annotations
