@@ -1,8 +1,10 @@
 """Brax on thousands of parallel envs (GPU): raw env steps/s and fully jitted PPO steps/s; prints one JSON line.
 
-    python benchmarks/bench_brax.py --env hopper --num-envs 2048            # GPU
-    python benchmarks/bench_brax.py --env ant --num-envs 4096 --backend mjx
-    python benchmarks/bench_brax.py --tiny                                    # CPU: a few envs, checks the script
+    python benchmarks/bench_brax.py                                  # GPU: the brax preset (ant, 4096 envs x 80)
+    python benchmarks/bench_brax.py --env hopper --backend generalized
+    python benchmarks/bench_brax.py --tiny                           # CPU: a few envs, checks the script
+
+The PPO settings are the ``brax`` preset's (Brax's own notebook settings); flags override its sizes.
 
 raw: a ``lax.scan`` of vmapped ``BraxEnv.step`` calls with random actions (auto-reset included, no policy).
 train: the ``JitDriver`` (rollout + PPO update fused, ``iterations`` iterations in one call), timed after compiling.
@@ -18,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ppolab.config import Config, agent_table
+from ppolab.config import Config, agent_table, apply_preset, validate
 from ppolab.drivers import jit as J
 from ppolab.envs.brax_env import BraxEnv
 from ppolab.train import _env_seeds, init_population, make_driver
@@ -51,28 +53,29 @@ def raw_sps(env: BraxEnv, num_envs: int, num_steps: int, reps: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run with a handful of envs")
-    ap.add_argument("--env", default="hopper")
-    ap.add_argument("--backend", default="generalized")
-    ap.add_argument("--num-envs", type=int, default=2048)
-    ap.add_argument("--num-steps", type=int, default=10)
-    ap.add_argument("--num-epochs", type=int, default=4)
-    ap.add_argument("--num-minibatches", type=int, default=32)
-    ap.add_argument("--iterations", type=int, default=50, help="iterations per timed call (after compiling)")
-    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--preset", default="brax")
+    ap.add_argument("--env", default=None, help="Brax env name (default: the preset's)")
+    ap.add_argument("--backend", default=None, help="default: the preset's")
+    ap.add_argument("--num-envs", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--num-steps", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--num-minibatches", type=int, default=None, help="default: the preset's")
+    ap.add_argument("--iterations", type=int, default=4, help="iterations per timed call (after compiling)")
+    ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--raw-steps", type=int, default=1000, help="steps per env of the random-action loop")
     args = ap.parse_args()
+    given = dict(env=args.env and f"brax:{args.env}", brax_backend=args.backend, num_envs=args.num_envs,
+                 num_steps=args.num_steps, num_minibatches=args.num_minibatches)
+    sizes = {k: v for k, v in given.items() if v is not None}
     if args.tiny:
-        args.num_envs, args.num_steps, args.num_minibatches, args.iterations, args.calls = 4, 4, 2, 2, 1
-        args.num_epochs = 1
-    cfg = Config(env=f"brax:{args.env}", brax_backend=args.backend, num_envs=args.num_envs, num_steps=args.num_steps,
-                 num_epochs=args.num_epochs, num_minibatches=args.num_minibatches, learning_rate=3e-4,
-                 gamma=0.99, gae_lambda=0.95, ent_coef=1e-3, normalize_obs=True, normalize_reward=True,
-                 hidden_sizes=(32, 32) if args.tiny else (64, 64), iterations_per_call=args.iterations,
-                 total_timesteps=args.num_envs * args.num_steps * args.iterations * (args.calls + 1),
-                 eval_episodes=0, progress=False, tensorboard=False)
+        sizes.update(num_envs=4, num_steps=4, num_minibatches=2, num_epochs=1, hidden_sizes=(32, 32))
+        args.iterations, args.calls, args.raw_steps = 2, 1, 4
+    cfg = apply_preset(Config(preset=args.preset), {"eval_episodes": 0, "progress": False, "tensorboard": False,
+                                                    "iterations_per_call": args.iterations, **sizes})
+    cfg = validate(cfg.replace(total_timesteps=cfg.batch_size * args.iterations * (args.calls + 1)))
+    steps = cfg.batch_size * args.iterations * args.calls
     rows = agent_table(cfg)
     driver, net, spec = make_driver(cfg, len(rows))
-    raw, raw_compile_s = raw_sps(driver.env, args.num_envs, args.num_steps * (1 if args.tiny else 100),
-                                 1 if args.tiny else 5)
+    raw, raw_compile_s = raw_sps(driver.env, cfg.num_envs, args.raw_steps, 1 if args.tiny else 3)
     state = init_population(cfg, net, spec, rows)
     driver.start(_env_seeds(rows, cfg.num_envs, 0))
     t = time.perf_counter()
@@ -85,13 +88,16 @@ def main():
     jax.block_until_ready(state)
     dt = time.perf_counter() - t
     rets = [e[2] for it in episodes for e in it]
-    print(json.dumps({"bench": "brax", "env": args.env, "backend": args.backend, "num_envs": args.num_envs,
-                      "num_steps": args.num_steps, "iterations_per_call": args.iterations,
+    print(json.dumps({"bench": "brax", "env": cfg.env, "backend": cfg.brax_backend, "preset": args.preset,
+                      "num_envs": cfg.num_envs, "num_steps": cfg.num_steps, "num_epochs": cfg.num_epochs,
+                      "num_minibatches": cfg.num_minibatches, "hidden_sizes": list(cfg.hidden_sizes),
+                      "iterations_per_call": args.iterations, "timed_steps": steps,
                       "raw_sps": round(raw, 1), "raw_compile_s": round(raw_compile_s, 3),
-                      "first_call_s": round(first_s, 3),
-                      "train_sps": round(args.num_envs * args.num_steps * args.iterations * args.calls / dt, 1),
+                      "first_call_s": round(first_s, 3), "train_sps": round(steps / dt, 1),
+                      "train_over_raw": round(steps / dt / raw, 3),
                       "last_returns_mean": float(jnp.mean(jnp.asarray(rets))) if rets else None,
-                      "device": jax.devices()[0].device_kind, "platform": jax.default_backend()}))
+                      "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+                      "jax": jax.__version__}))
 
 
 if __name__ == "__main__":

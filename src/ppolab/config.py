@@ -33,7 +33,7 @@ class Config:
     """Environment: a Gymnasium id (e.g. Hopper-v5), or gymnax:NAME, brax:NAME, envpool:NAME."""
     preset: str | None = None
     """Named hyperparameter set applied first (cartpole, gymnax-cartpole, paper-mujoco, ppo2-mujoco, paper-atari,
-    ppo2-atari); flags given on the command line override it."""
+    ppo2-atari, brax); flags given on the command line override it."""
     objective: Objective = "clip"
     """Surrogate objective: pg (L^PG, eq. 2), cpi (L^CPI, eq. 6), clip (L^CLIP, eq. 7), kl-fixed / kl-adaptive
     (L^KLPEN, eq. 8)."""
@@ -171,6 +171,18 @@ PRESETS: dict[str, dict] = {
         learning_rate=3e-4, anneal_lr=True, clip_eps=0.2, anneal_clip=False, gamma=0.99, gae_lambda=0.95,
         vf_coef=0.25, ent_coef=0.0, norm_adv=True, vf_clip=0.2, max_grad_norm=0.5, adam_eps=1e-5,
         shared_torso=False, normalize_obs=True, normalize_reward=True,
+    ),
+    # Brax's own PPO settings for Ant (google/brax notebooks/training.ipynb, PPO cell; positional pipeline):
+    # 4096 envs, 16 unrolls of 5 steps per env between updates (T = 80 here, GAE over the whole horizon), 4 epochs
+    # x 32 minibatches of 10,240 samples, Adam 3e-4 constant, gamma 0.97, lambda 0.95, eps 0.3, entropy 1e-2,
+    # observation normalization, 50M steps. Brax multiplies rewards by 10 and uses tanh-squashed Gaussians with
+    # 32x4 policy / 256x5 value swish MLPs; ppolab scales rewards by the running return std and keeps its own
+    # Gaussian policy with 256-256 tanh MLPs. Sized for one GPU: 327,680 env steps per iteration.
+    "brax": dict(
+        env="brax:ant", brax_backend="positional", total_timesteps=50_000_000, num_envs=4096, num_steps=80,
+        num_epochs=4, num_minibatches=32, learning_rate=3e-4, anneal_lr=False, clip_eps=0.3, anneal_clip=False,
+        gamma=0.97, gae_lambda=0.95, vf_coef=0.5, ent_coef=1e-2, norm_adv=True, vf_clip=None, max_grad_norm=None,
+        hidden_sizes=(256, 256), normalize_obs=True, normalize_reward=True, checkpoint_every=10,
     ),
 }
 
