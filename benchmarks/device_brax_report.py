@@ -27,10 +27,13 @@ def main():
     for r in rows:
         print(r["iteration"], r["env_steps"], r["time_s"], r["return_recent"])
     reached = {}
-    for target in args.targets:
-        hit = next((r for r in rows if float(r["return_recent"]) >= target), None)
-        reached[target] = None if hit is None else {"env_steps": int(hit["env_steps"]), "time_s": float(hit["time_s"])}
-    print(json.dumps({"time_to_return": {str(k): v for k, v in reached.items()}, "compile_s": compile_s,
+    for agent in sorted({r["agent"] for r in rows}, key=int):
+        mine = [r for r in rows if r["agent"] == agent]
+        for target in args.targets:
+            hit = next((r for r in mine if float(r["return_recent"]) >= target), None)
+            reached[f"agent{agent}>={target:g}"] = None if hit is None else {
+                "env_steps": int(hit["env_steps"]), "time_s": float(hit["time_s"])}
+    print(json.dumps({"time_to_return": reached, "compile_s": compile_s,
                       "best_recent": max((float(r["return_recent"]) for r in rows), default=None),
                       **{k: v for k, v in summary.items() if not isinstance(v, list | dict)}}))
 

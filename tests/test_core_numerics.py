@@ -104,14 +104,15 @@ def test_objectives_hand_values():
     logp = old + np.log(ratios)
     kl = np.array([0.1, 0.0, 0.2, 0.3])
     t = terms(logp, old, adv, kl)
+    # float32 ratios exp(logp - old) and means: ~1e-6 relative (1.4e-6 seen on an H200), so rel=1e-5
     # L^PG = mean(logp * A)
-    assert float(O.l_pg(t, 0.2, 1.0)) == pytest.approx(np.mean(logp * adv), rel=1e-6)
+    assert float(O.l_pg(t, 0.2, 1.0)) == pytest.approx(np.mean(logp * adv), rel=1e-5)
     # L^CPI = mean(r A) = (0.5 - 2 + 3 - 0.7) / 4
-    assert float(O.l_cpi(t, 0.2, 1.0)) == pytest.approx((0.5 - 2.0 + 3.0 - 0.7) / 4, rel=1e-6)
+    assert float(O.l_cpi(t, 0.2, 1.0)) == pytest.approx((0.5 - 2.0 + 3.0 - 0.7) / 4, rel=1e-5)
     # L^CLIP, eps 0.2: min(rA, clip(r)A) = [0.5, -2, min(3, 2.4)=2.4, min(-0.7, -0.8)=-0.8]
-    assert float(O.l_clip(t, 0.2, 1.0)) == pytest.approx((0.5 - 2.0 + 2.4 - 0.8) / 4, rel=1e-6)
+    assert float(O.l_clip(t, 0.2, 1.0)) == pytest.approx((0.5 - 2.0 + 2.4 - 0.8) / 4, rel=1e-5)
     # L^KLPEN, beta 2: mean(rA) - 2 * mean(kl)
-    assert float(O.l_klpen(t, 0.2, 2.0)) == pytest.approx((0.5 - 2.0 + 3.0 - 0.7) / 4 - 2 * 0.15, rel=1e-6)
+    assert float(O.l_klpen(t, 0.2, 2.0)) == pytest.approx((0.5 - 2.0 + 3.0 - 0.7) / 4 - 2 * 0.15, rel=1e-5)
 
 
 def test_value_loss_plain_and_clipped():
