@@ -13,7 +13,7 @@ import pytest
 
 from ppolab.config import Config, agent_table
 from ppolab.drivers import jit as J
-from ppolab.train import _env_seeds, init_population, make_driver
+from ppolab.train import _env_seeds, init_population, make_driver, train
 from ppolab.update import learn
 
 # The learning test's settings (the default config: solves CartPole within 100k steps); parity tests run 2 of its
@@ -143,7 +143,6 @@ def test_gymnax_truncation_is_not_termination():
 
 
 def test_gymnax_cartpole_learns(tmp_path):
-    from ppolab.train import train
 
     result = train(BASE.replace(preset="gymnax-cartpole", run_dir=str(tmp_path / "run"), checkpoint_every=0))
     assert result.summary["eval_return_mean"] >= 475, result.summary
@@ -171,6 +170,25 @@ def test_brax_two_iterations():
 @pytest.mark.slow
 def test_brax_physics_two_iterations():
     _brax_two_iterations("inverted_pendulum")  # ~50 s of compilation on a busy 2-core CPU
+
+
+def test_brax_preset_is_brax_notebook_ant_and_the_cpu_note(tmp_path):
+    from rich.console import Console
+
+    from ppolab.config import apply_preset, validate
+
+    cfg = validate(apply_preset(Config(preset="brax")))
+    # Brax's notebook Ant PPO: 4096 envs x 16 unrolls of 5, batch 2048 sequences x 32 minibatches, 4 epochs
+    assert (cfg.env, cfg.brax_backend, cfg.num_envs, cfg.num_steps) == ("brax:ant", "positional", 4096, 80)
+    assert (cfg.num_epochs, cfg.num_minibatches, cfg.minibatch_size) == (4, 32, 2048 * 5)
+    assert (cfg.gamma, cfg.clip_eps, cfg.ent_coef, cfg.learning_rate, cfg.anneal_lr) == (0.97, 0.3, 1e-2, 3e-4, False)
+    pytest.importorskip("brax")
+    console = Console(record=True, width=200)
+    small = dict(env="brax:fast", total_timesteps=2048 * 2, num_steps=2, num_epochs=1, num_minibatches=2,
+                 hidden_sizes=(8,), eval_episodes=0, progress=False, tensorboard=False, compile_cache="")
+    train(Config(preset="brax", num_envs=2048, run_dir=str(tmp_path / "big"), **small), console=console)
+    train(Config(preset="brax", num_envs=64, run_dir=str(tmp_path / "small"), **small), console=console)
+    assert console.export_text().count("Brax envs on a CPU run slowly") == 1
 
 
 def test_brax_truncation_kept_apart():

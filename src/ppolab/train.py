@@ -306,6 +306,9 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
         # Compile the learner (host driver) or fused chunk (JAX envs) from the train state's shapes before any agent
         # exists: XLA's compiler then starts from a smaller process (first CartPole run, no cache: peak RSS
         # ~519 -> ~451 MiB in a probe), and the freed compiler heap goes back to the OS before training starts.
+        if cfg.num_envs * K >= 2048 and backend_of(cfg.env)[0] == "brax" and jax.default_backend() == "cpu":
+            say(f"note: {cfg.num_envs * K} Brax envs on a CPU run slowly (the brax preset is sized for one GPU); "
+                "--num-envs 64 --num-steps 64 makes a CPU-sized run")
         say("compiling (the compiled program is cached for later runs)...")
         t_pre = time.perf_counter()
         driver.precompile(jax.eval_shape(lambda: init_population(cfg, net, spec, rows)))
