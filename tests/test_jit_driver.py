@@ -143,7 +143,6 @@ def test_gymnax_truncation_is_not_termination():
 
 
 def test_gymnax_cartpole_learns(tmp_path):
-
     result = train(BASE.replace(preset="gymnax-cartpole", run_dir=str(tmp_path / "run"), checkpoint_every=0))
     assert result.summary["eval_return_mean"] >= 475, result.summary
     assert result.summary["episodes"] > 100
