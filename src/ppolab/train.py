@@ -303,12 +303,12 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
     driver, net, spec = make_driver(cfg, K)  # checks the env id and its spaces
     say = console.print if console is not None else (lambda *a, **k: None)
     try:
-        # Compile the learner (host driver) or fused chunk (JAX envs) from the train state's shapes before any agent
-        # exists: XLA's compiler then starts from a smaller process (first CartPole run, no cache: peak RSS
-        # ~519 -> ~451 MiB in a probe), and the freed compiler heap goes back to the OS before training starts.
         if cfg.num_envs * K >= 2048 and backend_of(cfg.env)[0] == "brax" and jax.default_backend() == "cpu":
             say(f"note: {cfg.num_envs * K} Brax envs on a CPU run slowly (the brax preset is sized for one GPU); "
                 "--num-envs 64 --num-steps 64 makes a CPU-sized run")
+        # Compile the learner (host driver) or fused chunk (JAX envs) from the train state's shapes before any agent
+        # exists: XLA's compiler then starts from a smaller process (first CartPole run, no cache: peak RSS
+        # ~519 -> ~451 MiB in a probe), and the freed compiler heap goes back to the OS before training starts.
         say("compiling (the compiled program is cached for later runs)...")
         t_pre = time.perf_counter()
         driver.precompile(jax.eval_shape(lambda: init_population(cfg, net, spec, rows)))
