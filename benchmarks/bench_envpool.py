@@ -111,16 +111,14 @@ def main():
     cfg = Config(env=f"envpool:{args.task}", preset="ppo2-mujoco", num_envs=args.num_envs, num_steps=256,
                  total_timesteps=args.num_envs * 256 * 2 if args.tiny else args.train_steps, progress=False,
                  tensorboard=False, checkpoint_every=0, eval_episodes=1 if args.tiny else 5)
+    explicit = {k: getattr(cfg, k) for k in ("env", "num_envs", "num_steps", "total_timesteps", "progress",
+                                             "tensorboard", "checkpoint_every", "eval_episodes")}
     side_by_side = None
     if args.interleaved_iterations > 0:
-        fixed = {"env", "num_envs", "num_steps", "total_timesteps", "progress", "tensorboard", "checkpoint_every",
-                 "eval_episodes"}
-        icfg = validate(apply_preset(cfg, {k: getattr(cfg, k) for k in fixed}))
-        side_by_side = interleaved(icfg, 2 if args.tiny else args.interleaved_iterations)
+        side_by_side = interleaved(validate(apply_preset(cfg, explicit)),
+                                   2 if args.tiny else args.interleaved_iterations)
     with tempfile.TemporaryDirectory(prefix="ppolab-bench-envpool-") as d:
-        s = train(cfg.replace(run_dir=f"{d}/run"), explicit={k: getattr(cfg, k) for k in (
-            "env", "num_envs", "num_steps", "total_timesteps", "progress", "tensorboard", "checkpoint_every",
-            "eval_episodes")}).summary
+        s = train(cfg.replace(run_dir=f"{d}/run"), explicit=explicit).summary
     print(json.dumps({"bench": "envpool", "task": args.task, "num_envs": args.num_envs, "threads": threads,
                       "raw_sps": round(raw, 1), "adapter_sps": round(adapter, 1),
                       "raw_sps_rounds": [round(x) for x in raws], "adapter_sps_rounds": [round(x) for x in adapters],
