@@ -10,6 +10,8 @@
 #      the time to the return of Brax's published notebook run is read.
 #   2. bench_brax.py with the same preset: raw env SPS (random actions) beside training SPS.
 #   3. bench_brax.py on brax:hopper with the generalized pipeline (the first env).
+# Before them, with TESTS="tests/a.py tests/b.py", those test files run on the GPU (pytest and hypothesis from
+# .whl/test/ where missing), under the limit L0.
 # Results land in $OUT (default /tmp/device_brax): bench.jsonl, ant_metrics.csv, ant_summary.json.
 set -u
 OUT=${OUT:-/tmp/device_brax}
@@ -20,6 +22,11 @@ if ! python3 -c "import brax, tyro, gymnasium, tensorboardX" 2>/dev/null && ls .
   export PYTHONPATH=/tmp/site:$PWD/src
 else
   export PYTHONPATH=$PWD/src
+fi
+if [ -n "${TESTS:-}" ] && ! python3 -c "import pytest, hypothesis" 2>/dev/null && ls .whl/test/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-test .whl/test/*.whl \
+    || exit 1
+  export PYTHONPATH=$PYTHONPATH:/tmp/site-test
 fi
 export PYTHONUNBUFFERED=1 PPOLAB_CACHE_DIR=${PPOLAB_CACHE_DIR:-/tmp/ppolab-jax-cache}
 T0=$(date +%s.%N)
@@ -40,6 +47,12 @@ if [ "${TINY:-0}" = 1 ]; then
   L1=600; L2=600; L3=0
 else
   BENCH=(); TRAIN=(); L1=${L1:-250}; L2=${L2:-110}; L3=${L3:-110}
+fi
+
+if [ -n "${TESTS:-}" ]; then
+  stamp "0. tests on the GPU: $TESTS"
+  # shellcheck disable=SC2086
+  timeout "${L0:-180}" python3 -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -25
 fi
 
 stamp "1. train (preset brax: ant, positional pipeline, Brax's notebook settings)"
