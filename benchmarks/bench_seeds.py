@@ -19,6 +19,7 @@ import typing
 import jax
 
 from ppolab.config import Config
+from ppolab.drivers.population import available_cores, num_groups
 from ppolab.train import train
 
 
@@ -61,7 +62,8 @@ def main():
     one = run(cfg.replace(num_seeds=1))
     many = run(cfg.replace(num_seeds=args.seeds))
     print(json.dumps({"bench": "seeds", "env": cfg.env, "setting": args.setting, "vector_mode": cfg.vector_mode,
-                      "threads": cfg.threads,
+                      "threads": cfg.threads, "groups": num_groups(cfg.threads, args.seeds),
+                      "cpu_cores": available_cores(),
                       "total_timesteps_per_agent": cfg.num_iterations * cfg.batch_size, "seeds": args.seeds,
                       "one": one, "many": many,
                       "sps_ratio": many["sps_after_first_call"] / one["sps_after_first_call"],
