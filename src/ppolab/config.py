@@ -99,6 +99,13 @@ class Config:
     """Gymnasium vector env: sync (ppolab's lean in-process loop over the envs), gym-sync (gymnasium's SyncVectorEnv),
     async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
     Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
+    ray_workers: int = 0
+    """Gymnasium envs only: step the environments in this many Ray actors (the distributed mode, pip install
+    'ppolab[ray]'); actions are still computed here in one batched pass, so results do not depend on it. 0 = off."""
+    ray_address: str = ""
+    """Ray cluster to join with --ray-workers (e.g. 'auto' or 'HOST:6379'); empty: start a local Ray for the run."""
+    ray_worker_cpus: float = 1.0
+    """CPUs Ray reserves for each environment worker (0 lets workers share cores, e.g. for envs waiting on I/O)."""
     threads: int = 0
     """CPU threads that update the agents of a population in parallel, each a group of agents (0 = one per CPU core,
     at most one per agent). Results do not depend on it."""
@@ -298,6 +305,16 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(cfg.threads, numbers.Integral) and cfg.threads >= 0,
            f"--threads must be an integer >= 0 (got {cfg.threads!r})")
     _check(isinstance(cfg.env, str) and cfg.env.strip() != "", f"--env must be an environment id (got {cfg.env!r})")
+    _check(isinstance(cfg.ray_workers, numbers.Integral) and not isinstance(cfg.ray_workers, bool)
+           and cfg.ray_workers >= 0, f"--ray-workers must be an integer >= 0 (got {cfg.ray_workers!r})")
+    _check(isinstance(cfg.ray_worker_cpus, numbers.Real) and math.isfinite(cfg.ray_worker_cpus)
+           and cfg.ray_worker_cpus >= 0, f"--ray-worker-cpus must be a number >= 0 (got {cfg.ray_worker_cpus!r})")
+    if cfg.ray_workers:
+        prefix = cfg.env.split(":", 1)[0] if ":" in cfg.env else ""
+        _check(prefix not in ("gymnax", "brax", "envpool"),
+               f"--ray-workers steps Gymnasium environments, not {cfg.env!r}: gymnax and brax envs run inside the "
+               "jitted program (scale them with --num-envs or a GPU) and envpool has its own threads; drop "
+               "--ray-workers")
     _check(isinstance(cfg.seed, numbers.Integral) and 0 <= cfg.seed < 2**31,
            f"--seed must be an integer in [0, 2**31) (got {cfg.seed!r})")
     for name, choices in _literal_choices().items():

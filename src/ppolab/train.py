@@ -87,8 +87,9 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 # ---- building blocks -------------------------------------------------------------------------------------------
-def make_env(cfg: Config, num_agents: int, num_envs: int):
-    """The environment adapter for ``cfg.env`` with num_agents x num_envs actors."""
+def make_env(cfg: Config, num_agents: int, num_envs: int, ray_ok: bool = True):
+    """The environment adapter for ``cfg.env`` with num_agents x num_envs actors (in ``cfg.ray_workers`` Ray actors
+    where set and ``ray_ok``: the final evaluation's few envs run in this process)."""
     backend, name = backend_of(cfg.env)
     if backend == "gymnasium":
         from ppolab.envs.gymnasium_vec import GymnasiumVecEnv
@@ -99,7 +100,9 @@ def make_env(cfg: Config, num_agents: int, num_envs: int):
 
             extra = atari.vec_kwargs(name)
         with _workers_ignore_stop_signals():
-            return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, **extra)
+            ray = dict(ray_workers=cfg.ray_workers, ray_address=cfg.ray_address,
+                       ray_worker_cpus=cfg.ray_worker_cpus) if cfg.ray_workers and ray_ok else {}
+            return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, **extra, **ray)
     if backend == "envpool":
         from ppolab.envs import envpool_vec
 
@@ -144,7 +147,7 @@ def make_driver(cfg: Config, num_agents: int):
     except Exception:
         env.close()
         raise
-    driver.make_eval_env = functools.partial(make_env, cfg, num_agents)
+    driver.make_eval_env = functools.partial(make_env, cfg, num_agents, ray_ok=False)
     return driver, net, spec
 
 
@@ -191,7 +194,8 @@ def load_run_config(run_dir: Path) -> Config:
 
 #: Options that may change when a run is resumed (they do not affect what is learned).
 RESUME_OVERRIDABLE = ("threads", "progress", "tensorboard", "eval_episodes", "eval_deterministic", "checkpoint_every",
-                      "checkpoint_every_s", "keep_checkpoints", "nonfinite", "compile_cache")
+                      "checkpoint_every_s", "keep_checkpoints", "nonfinite", "compile_cache", "ray_workers",
+                      "ray_address", "ray_worker_cpus")
 
 
 def _resume_overrides(cfg: Config, explicit: dict | None) -> dict:

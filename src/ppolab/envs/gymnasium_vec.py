@@ -236,10 +236,19 @@ class GymnasiumVecEnv:
     """
 
     def __init__(self, env_id: str, num_agents: int, num_envs: int, mode: str = "sync", env_kwargs=None,
-                 wrappers=None, episode_info: bool = False):
+                 wrappers=None, episode_info: bool = False, ray_workers: int = 0, ray_address: str = "",
+                 ray_worker_cpus: float = 1.0):
         self.env_id, self.K, self.B = env_id, num_agents, num_envs
         self.episode_info = episode_info
-        self.env = make_gymnasium_vec(env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
+        if ray_workers:  # the same sub-envs, stepped by Ray actors (envs/ray_vec.py)
+            from ppolab.envs.ray_vec import RayVectorEnv
+
+            check_env_id(env_id)
+            check_vector_mode(env_id, mode)
+            self.env = RayVectorEnv(env_id, num_agents * num_envs, ray_workers, mode, env_kwargs, wrappers,
+                                    ray_address, ray_worker_cpus)
+        else:
+            self.env = make_gymnasium_vec(env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
         self.obs_spec: ObsSpec = obs_spec_from_gymnasium(self.env.single_observation_space)
         self.action_spec: ActionSpec = action_spec_from_gymnasium(self.env.single_action_space)
         spec = self.action_spec

@@ -7,13 +7,19 @@
 * ``ppolab/NaNReward-v0``: CartPole whose reward turns NaN after ``nan_after`` steps (fault injection).
 * ``ppolab/DictObsMultiDiscrete-v0``: Dict observations (flattened) and MultiDiscrete actions.
 * ``ppolab/TupleAction-v0``: an action space ppolab does not support (for error tests).
+* ``ppolab/SlowCartPole-v0``: CartPole-v1 whose every step and reset also waits ``delay_s`` (2 ms) without using
+  the CPU: an env bound by waiting (a simulator in another process or machine, a robot), for the distributed mode's
+  benchmark (``--ray-workers``).
 """
 
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 
 class ConstantTruncated(gym.Env):
@@ -48,15 +54,29 @@ class TargetGaussian(gym.Env):
         return self.x.copy(), r, True, False, {}
 
 
-class NaNReward(gym.Wrapper):
-    def __init__(self, nan_after: int = 300):
-        super().__init__(gym.make("CartPole-v1"))
+class NaNReward(CartPoleEnv):
+    def __init__(self, nan_after: int = 300, **kw):
+        super().__init__(**kw)
         self.nan_after, self.count = nan_after, 0
 
     def step(self, action):
-        obs, r, term, trunc, info = self.env.step(action)
+        obs, r, term, trunc, info = super().step(action)
         self.count += 1
         return obs, (float("nan") if self.count > self.nan_after else r), term, trunc, info
+
+
+class SlowCartPole(CartPoleEnv):
+    def __init__(self, delay_s: float = 0.002, **kw):
+        super().__init__(**kw)
+        self.delay_s = delay_s
+
+    def reset(self, *, seed=None, options=None):
+        time.sleep(self.delay_s)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        time.sleep(self.delay_s)
+        return super().step(action)
 
 
 class DictObsMultiDiscrete(gym.Env):
@@ -101,6 +121,7 @@ class TupleAction(gym.Env):
 def register() -> None:
     for name, entry in (("ConstantTruncated-v0", ConstantTruncated), ("TargetGaussian-v0", TargetGaussian),
                         ("NaNReward-v0", NaNReward), ("TupleAction-v0", TupleAction),
-                        ("DictObsMultiDiscrete-v0", DictObsMultiDiscrete)):
+                        ("DictObsMultiDiscrete-v0", DictObsMultiDiscrete), ("SlowCartPole-v0", SlowCartPole)):
         if f"ppolab/{name}" not in gym.registry:
-            gym.register(f"ppolab/{name}", entry_point=entry)
+            limit = 500 if issubclass(entry, CartPoleEnv) else None  # CartPole-v1's time limit
+            gym.register(f"ppolab/{name}", entry_point=entry, max_episode_steps=limit)
