@@ -82,6 +82,36 @@ def test_ray_vector_env_steps_like_the_local_vector_env(compiled):
     assert ray.is_initialized()  # the module's Ray was not ours to shut down
 
 
+def test_episode_statistics_and_wrappers_travel_to_the_workers():
+    """A wrapper (here Gymnasium's RecordEpisodeStatistics, as the Atari preprocessing uses it) is sent to the
+    workers; the episode statistics of SAME_STEP autoreset (``final_info``) come back merged at the right indices."""
+    import gymnasium as gym
+
+    n, wrappers = 6, [gym.wrappers.RecordEpisodeStatistics]
+    local = make_gymnasium_vec("CartPole-v1", n, wrappers=wrappers)
+    remote = RayVectorEnv("CartPole-v1", n, 4, wrappers=wrappers)
+    try:
+        local.reset(seed=list(range(n)))
+        remote.reset(seed=list(range(n)))
+        rng = np.random.default_rng(1)
+        seen = 0
+        for _ in range(120):
+            a = rng.integers(0, 2, n)
+            la, ra = local.step(a), remote.step(a)
+            _steps_equal(la, ra)
+            assert ("final_info" in la[4]) == ("final_info" in ra[4])
+            if "final_info" in la[4]:
+                lf, rf = la[4]["final_info"], ra[4]["final_info"]
+                np.testing.assert_array_equal(lf["_episode"], rf["_episode"])
+                for k in ("r", "l"):
+                    np.testing.assert_array_equal(lf["episode"][k][lf["_episode"]], rf["episode"][k][rf["_episode"]])
+                seen += int(lf["_episode"].sum())
+        assert seen > 10
+    finally:
+        local.close()
+        remote.close()
+
+
 def _cfg(tmp_path, name, **kw):
     return Config(env="Pendulum-v1", total_timesteps=3 * 96 * 3, num_envs=3, num_steps=96, num_epochs=2,
                   num_minibatches=2, num_seeds=2, eval_episodes=2, progress=False, tensorboard=False,
