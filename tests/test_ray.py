@@ -20,7 +20,7 @@ import pytest
 from _trust import csv_rows, kill, start, wait_for
 
 from ppolab.config import Config, ConfigError, validate
-from ppolab.envs.gymnasium_vec import EnvError, make_gymnasium_vec
+from ppolab.envs.gymnasium_vec import EnvError, EnvWorkerError, make_gymnasium_vec
 from ppolab.train import train
 
 ray = pytest.importorskip("ray")
@@ -175,7 +175,7 @@ def test_a_dead_worker_is_reported(compiled):
     try:
         env.reset(seed=[0, 1, 2, 3])
         ray.kill(env.workers[1])
-        with pytest.raises(RuntimeError, match="a Ray environment worker died"):
+        with pytest.raises(EnvWorkerError, match="a Ray environment worker died"):
             for _ in range(50):  # the kill takes effect asynchronously
                 env.step(np.zeros(4, np.int64))
                 time.sleep(0.05)
@@ -209,6 +209,37 @@ def test_ctrl_c_reaches_the_whole_process_group_and_the_run_resumes(tmp_path):
     assert "checkpoint written" in " ".join(err.split()) and "Traceback" not in err
     n = len(csv_rows(run))
     proc = start(["train", "--resume", str(run), "--ray-workers", "1"], env=env)
+    wait_for(lambda: len(csv_rows(run)) > n + 2, 180, proc)
+    out, err = kill(proc, signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert [int(r["iteration"]) for r in csv_rows(run)] == list(range(1, len(csv_rows(run)) + 1))
+
+
+def test_a_worker_killed_mid_run_leaves_a_checkpoint_and_a_resume_command(tmp_path):
+    """kill -9 of one worker process during training: the trainer writes a checkpoint of the last whole iteration,
+    exits 1 with one line naming it and the resume command; the run then resumes."""
+    import psutil
+
+    run = tmp_path / "run"
+    args = ["train", "--num-envs", "4", "--num-steps", "16", "--num-epochs", "1", "--num-minibatches", "1",
+            "--eval-episodes", "0", "--no-tensorboard", "--no-progress", "--total-timesteps", str(4 * 16 * 5000),
+            "--checkpoint-every", "1000", "--ray-workers", "2", "--run-dir", str(run)]
+    env = {"RAY_ADDRESS": ""}
+    proc = start(args, env=env)
+    wait_for(lambda: len(csv_rows(run)) >= 5 if (run / "metrics.csv").exists() else False, 180, proc)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if any("ShardWorker" in part for part in p.cmdline())]
+    assert len(workers) == 2
+    workers[0].kill()
+    out, err = proc.communicate(timeout=120)
+    flat = " ".join(err.split())
+    assert proc.returncode == 1, err
+    assert "a Ray environment worker died" in flat and "Traceback" not in err.split("ppolab: error:")[-1]
+    n = int(flat.split("checkpoint written at iteration ")[1].split(".")[0])
+    assert n >= 5 and (run / "checkpoints" / f"ckpt-{n:08d}.ppolab").exists()
+    assert [int(r["iteration"]) for r in csv_rows(run)] == list(range(1, n + 1))
+    assert f"Resume with: ppolab train --resume {run}" in flat
+    proc = start(["train", "--resume", str(run)], env=env)  # without Ray this time
     wait_for(lambda: len(csv_rows(run)) > n + 2, 180, proc)
     out, err = kill(proc, signal.SIGTERM)
     assert proc.returncode == 143, err

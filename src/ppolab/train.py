@@ -36,6 +36,7 @@ from ppolab.config import (
     validate,
 )
 from ppolab.envs import backend_of
+from ppolab.envs.gymnasium_vec import EnvWorkerError
 from ppolab.logging import MetricsLogger, plot_learning_curve
 from ppolab.networks import make_network
 from ppolab.types import HParams, TrainState
@@ -368,7 +369,13 @@ def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLik
             while it < cfg.num_iterations and stop.requested is None:
                 n = min(chunk, cfg.num_iterations - it)
                 t0 = time.perf_counter()
-                new_state, metrics_list, episodes_list = driver.run(state, n)
+                try:
+                    new_state, metrics_list, episodes_list = driver.run(state, n)
+                except EnvWorkerError as e:  # the state of iteration ``it`` is whole: keep it
+                    save(it)
+                    logger.close()
+                    raise TrainingError(f"iteration {it + 1}: {e}; checkpoint written at iteration {it}. Resume "
+                                        f"with: ppolab train --resume {run_dir}") from None
                 if stats["compile_s"] is None:  # the compilation before the loop counts as part of the first call
                     stats["compile_s"] = precompile_s + time.perf_counter() - t0
                     stats["first_call_steps"] = n * cfg.batch_size

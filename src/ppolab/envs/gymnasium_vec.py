@@ -21,6 +21,10 @@ class EnvError(ValueError):
     """The environment id or the environment itself is unusable; the message says what to do."""
 
 
+class EnvWorkerError(RuntimeError):
+    """A process that steps environments for the trainer died (a Ray worker, see ``envs/ray_vec.py``)."""
+
+
 def check_env_id(env_id: str) -> None:
     """Raise ``EnvError`` for an id Gymnasium does not know, before anything is created or written."""
     import gymnasium as gym

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ppolab.envs.gymnasium_vec import EnvError
+from ppolab.envs.gymnasium_vec import EnvError, EnvWorkerError
 
 
 def import_ray():
@@ -96,6 +96,7 @@ class RayVectorEnv:
             self._owns_ray = True
         self.workers = []
         self._graph = None  # the compiled step graph, built at the first step after a reset
+        self._dead = False  # a worker died
         self.compiled = compiled
         try:
             total = ray.cluster_resources().get("CPU", 0.0)
@@ -119,7 +120,9 @@ class RayVectorEnv:
         try:
             return self._ray.get(refs)
         except (ex.RayActorError, ex.RayChannelError) as e:
-            raise RuntimeError(f"a Ray environment worker died: {e}") from None
+            self._dead = True
+            first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise EnvWorkerError(f"a Ray environment worker died ({first})") from None
         except ex.RayTaskError as e:
             raise e.as_instanceof_cause() from None
 
@@ -141,10 +144,16 @@ class RayVectorEnv:
     def _teardown_graph(self):
         if self._graph is not None:
             graph, self._graph = self._graph, None
+            if self._dead:  # kill first: the graph's teardown then finds every actor gone instead of waiting on one
+                for w in self.workers:
+                    self._ray.kill(w)
             try:
-                graph.teardown()
+                graph.teardown(kill_actors=self._dead)
             except Exception:  # noqa: BLE001 - a dead worker's channels are gone already
                 pass
+            monitor = getattr(graph, "_monitor", None)  # Ray's thread that watches the graph's actors: let it end
+            if monitor is not None:  # before the process does (a daemon thread inside Ray at exit can crash it)
+                monitor.join(timeout=30)
 
     def reset(self, *, seed=None, options=None):
         self._teardown_graph()  # a compiled graph owns its actors' execution loop: plain calls wait for it
@@ -187,7 +196,8 @@ class RayVectorEnv:
         self._teardown_graph()
         if self.workers:
             try:
-                ray.get([w.close.remote() for w in self.workers], timeout=30)
+                if not self._dead:
+                    ray.get([w.close.remote() for w in self.workers], timeout=30)
             except Exception:  # noqa: BLE001 - a dead worker has nothing left to close
                 pass
             for w in self.workers:
