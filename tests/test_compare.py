@@ -134,3 +134,26 @@ def test_tiny_grid_writes_every_output_and_skips_finished_runs(tmp_path):
     # the same --out with other settings is refused before anything runs
     with pytest.raises(ConfigError, match="other settings"):
         compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | {"total_timesteps": 512})))
+
+
+def test_the_grid_as_ray_tasks_scores_exactly_like_the_grid_in_process(tmp_path):
+    """--ray-address local: each group a Ray task in its own worker process; the same runs, the same scores."""
+    pytest.importorskip("ray")
+    here = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "here"), **TINY))
+    spread = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "ray"), ray_address="local", **TINY))
+    assert sorted(spread.statuses.values()) == ["trained", "trained"] and spread.complete
+    for name in ("cpi", "clip-0.2"):
+        assert spread.table[name]["score"] == here.table[name]["score"]
+    rows = [list(csv.DictReader(open(tmp_path / d / "compare.csv"))) for d in ("here", "ray")]
+    assert [r["raw_score"] for r in rows[0]] == [r["raw_score"] for r in rows[1]]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(workers=2, ray_address="auto"), "--workers 2 and --ray-address 'auto': choose one"),
+    (dict(ray_address="auto", ray_run_cpus=0.0), "--ray-run-cpus must be a number > 0"),
+])
+def test_bad_ray_options_of_compare_are_refused_before_anything_is_written(tmp_path, kw, message):
+    out = tmp_path / "cmp"
+    with pytest.raises(ConfigError, match=message):
+        compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | kw)))
+    assert not out.exists()

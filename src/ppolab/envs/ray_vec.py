@@ -17,6 +17,7 @@ Ray instance is started for the run and shut down after it.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -53,8 +54,8 @@ class ShardWorker:
         obs, _ = self.env.reset(seed=seeds)
         return np.asarray(obs)
 
-    def step(self, actions: np.ndarray):
-        """-> (obs, reward, terminated, truncated, ended): ``ended`` is None when no episode ended, else
+    def step(self, actions: np.ndarray) -> bytes:
+        """-> pickled (obs, reward, terminated, truncated, ended): ``ended`` is None when no episode ended, else
         (mask, final_obs rows of the ended sub-envs, episode statistics or None)."""
         obs, rew, term, trunc, info = self.env.step(actions)
         ended = None
@@ -66,7 +67,11 @@ class ShardWorker:
             if "episode" in fin:
                 stats = ({k: np.asarray(v) for k, v in fin["episode"].items()}, np.asarray(fin["_episode"], bool))
             ended = (mask, final, stats)
-        return (np.asarray(obs), np.asarray(rew, np.float64), np.asarray(term, bool), np.asarray(trunc, bool), ended)
+        out = (np.asarray(obs), np.asarray(rew, np.float64), np.asarray(term, bool), np.asarray(trunc, bool), ended)
+        # Pickled here, unpickled by the trainer: its arrays then own their memory. Arrays that Ray hands over
+        # zero-copy are views into a compiled graph's shared-memory channel, and one freed after the graph is torn
+        # down (e.g. when a worker died) crashes the trainer (seen: SIGSEGV in PlasmaObjectHeader::CheckHasError).
+        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
 
     def close(self):
         self.env.close()
@@ -122,9 +127,13 @@ class RayVectorEnv:
         except (ex.RayActorError, ex.RayChannelError) as e:
             self._dead = True
             first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise EnvWorkerError(f"a Ray environment worker died ({first})") from None
         except ex.RayTaskError as e:
             raise e.as_instanceof_cause() from None
+        # Raised out here, with the refs dropped: an exception raised inside the handler would keep Ray's error,
+        # its traceback and through it the compiled graph's result refs alive until the interpreter exits, after
+        # the graph's teardown and Ray's shutdown; finalizing them then can crash the process (seen: SIGSEGV).
+        del refs
+        raise EnvWorkerError(f"a Ray environment worker died ({first})")
 
     def _step_graph(self):
         """Ray's compiled graph of one step of every worker: each call then travels through shared-memory channels
@@ -166,9 +175,10 @@ class RayVectorEnv:
         shards = [actions[s] for s in self.slices]
         graph = self._step_graph()
         if graph is not None:
-            parts = self._get(graph.execute(*shards))
+            blobs = self._get(graph.execute(*shards))
         else:
-            parts = self._get([w.step.remote(a) for w, a in zip(self.workers, shards, strict=True)])
+            blobs = self._get([w.step.remote(a) for w, a in zip(self.workers, shards, strict=True)])
+        parts = [pickle.loads(b) for b in blobs]
         obs, rew, term, trunc = (np.concatenate([p[i] for p in parts]) for i in range(4))
         info = {}
         n = self.num_envs

@@ -3,7 +3,7 @@
 A grid of objective settings x environments x seeds. Runs are grouped so that one ppolab run trains many agents at
 once with ``jax.vmap``: a group is one environment and one objective kind, with every coefficient value of that kind
 as a comma-list sweep and the seeds as ``num_seeds`` (e.g. clip eps 0.1, 0.2, 0.3 x 3 seeds = 9 agents in one run).
-Groups run one after another, or in a process pool (``--workers``).
+Groups run one after another, in a process pool (``--workers``), or as Ray tasks on a cluster (``--ray-address``).
 
 Scoring exactly as the paper: a run's score is the mean total reward of its last 100 training episodes (stored per
 agent as ``last_100_returns`` in summary.json); per environment a uniform-random policy maps to 0 and the best
@@ -68,6 +68,11 @@ class CompareArgs:
     """Output directory; rerunning with the same directory skips finished runs and resumes unfinished ones."""
     workers: int = 1
     """Processes running groups in parallel (1: in this process, one after another)."""
+    ray_address: str = ""
+    """Run the groups as Ray tasks instead (pip install 'ppolab[ray]'): 'auto' or 'HOST:6379' joins a cluster,
+    'local' starts a Ray here. --out must then be a directory every node sees (a shared filesystem)."""
+    ray_run_cpus: float = 1.0
+    """CPUs Ray reserves for each group's run (with --ray-address)."""
     random_episodes: int = 100
     """Episodes of the uniform-random policy per environment (its score maps to 0)."""
     random_seed: int = 12345
@@ -284,6 +289,15 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
     """Run (or resume) every group of the grid, then score it and write every output."""
     if args.seeds < 1 or args.total_timesteps < 1 or args.workers < 1 or args.random_episodes < 1:
         raise ConfigError("--seeds, --total-timesteps, --workers and --random-episodes must be positive integers")
+    if args.ray_address and args.workers != 1:
+        raise ConfigError(f"--workers {args.workers} and --ray-address {args.ray_address!r}: choose one (with Ray, "
+                          "the cluster's CPUs and --ray-run-cpus decide how many runs go at once)")
+    if not (math.isfinite(args.ray_run_cpus) and args.ray_run_cpus > 0):
+        raise ConfigError(f"--ray-run-cpus must be a number > 0 (got {args.ray_run_cpus!r})")
+    if args.ray_address:
+        from ppolab.envs.ray_vec import import_ray
+
+        import_ray()  # a missing Ray is reported before anything is written
     from ppolab.envs import backend_of, check_env_id
 
     envs = list(dict.fromkeys(args.envs))
@@ -323,6 +337,8 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
             if result == "stopped":
                 stopped = True
                 break
+    elif pending and args.ray_address:
+        stopped = _run_ray(args, pending, statuses, console)
     elif pending:
         stopped = _run_pool(args, pending, statuses, console)
     if stopped:
@@ -370,6 +386,63 @@ def _run_pool(args: CompareArgs, pending, statuses: dict, console) -> bool:
                 f.cancel()
             wait([f for f in futures if not f.cancelled()])
             stopped = True
+    return stopped
+
+
+def _run_ray(args: CompareArgs, pending, statuses: dict, console) -> bool:
+    """Groups as Ray tasks (one ``train_group`` each, ``--ray-run-cpus`` CPUs); progress read from each run's
+    metrics.csv. Ctrl-C cancels the tasks: Ray interrupts each running one, whose ``train`` then stops at the end of
+    its iteration with a final checkpoint, so rerunning the command resumes every group."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ppolab.envs.ray_vec import import_ray
+
+    ray = import_ray()
+    owns = not ray.is_initialized()
+    if owns:
+        ray.init(address=None if args.ray_address == "local" else args.ray_address, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    run_task = ray.remote(num_cpus=args.ray_run_cpus, max_retries=0)(train_group)
+    stopped = False
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=console is None or not args.progress)
+    try:
+        with progress:
+            overall = progress.add_task(f"{len(pending)} runs on Ray", total=len(pending))
+            refs = {}
+            for g, c, st in pending:
+                bar = progress.add_task(f"  {g.env} {g.name}", total=c.num_iterations * c.batch_size)
+                refs[run_task.remote(c.replace(progress=False), st)] = (g, c, st, bar)
+            left = list(refs)
+            try:
+                while left:
+                    done, left = ray.wait(left, num_returns=len(left), timeout=1.0)
+                    for ref in done:
+                        g, c, st, bar = refs[ref]
+                        try:
+                            result = ray.get(ref)
+                        except ray.exceptions.RayError as e:  # the task's process died, or an unexpected error
+                            result = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                        statuses[str(c.run_dir)] = _status(result, st)
+                        if result.startswith("failed"):
+                            progress.console.print(f"[red]{g.env} {g.name} {result}")
+                        stopped |= result == "stopped"
+                        progress.update(bar, completed=c.num_iterations * c.batch_size)
+                        progress.advance(overall)
+                    for ref in left:
+                        progress.update(refs[ref][3], completed=_steps_done(Path(refs[ref][1].run_dir)))
+            except KeyboardInterrupt:
+                for ref in left:
+                    ray.cancel(ref)
+                for ref in left:
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError:
+                        pass
+                stopped = True
+    finally:
+        if owns:
+            ray.shutdown()
     return stopped
 
 
