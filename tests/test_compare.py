@@ -136,11 +136,15 @@ def test_tiny_grid_writes_every_output_and_skips_finished_runs(tmp_path):
         compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | {"total_timesteps": 512})))
 
 
-def test_the_grid_as_ray_tasks_scores_exactly_like_the_grid_in_process(tmp_path):
+def test_the_grid_as_ray_tasks_scores_exactly_like_the_grid_in_process(tmp_path, monkeypatch):
     """--ray-address local: each group a Ray task in its own worker process; the same runs, the same scores."""
     pytest.importorskip("ray")
     here = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "here"), **TINY))
+    calls = []
+    run_ray = compare._run_ray
+    monkeypatch.setattr(compare, "_run_ray", lambda *a: calls.append(len(a[1])) or run_ray(*a))
     spread = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "ray"), ray_address="local", **TINY))
+    assert calls == [2]  # both groups went to Ray
     assert sorted(spread.statuses.values()) == ["trained", "trained"] and spread.complete
     for name in ("cpi", "clip-0.2"):
         assert spread.table[name]["score"] == here.table[name]["score"]
@@ -157,3 +161,35 @@ def test_bad_ray_options_of_compare_are_refused_before_anything_is_written(tmp_p
     with pytest.raises(ConfigError, match=message):
         compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | kw)))
     assert not out.exists()
+
+
+def test_ctrl_c_stops_the_ray_tasks_with_checkpoints_and_the_grid_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the process group) while the groups run as Ray tasks: Ray interrupts each task, whose
+    train() stops at the end of its iteration with a final checkpoint; the command says how to resume, and a rerun
+    would resume every group."""
+    pytest.importorskip("ray")
+    import os
+    import signal
+
+    from _trust import checkpoints, csv_rows, start, wait_for
+
+    out = tmp_path / "cmp"
+    args = ["compare", "--envs", "InvertedPendulum-v5", "--settings", "cpi,clip-0.2", "--seeds", "1",
+            "--total-timesteps", "400000", "--num-steps", "64", "--random-episodes", "5", "--out", str(out),
+            "--ray-address", "local", "--no-progress"]
+    proc = start(args, env={"RAY_ADDRESS": ""})
+    runs = [out / "runs" / "InvertedPendulum-v5" / name for name in ("cpi", "clip-0.2")]
+    wait_for(lambda: all((r / "metrics.csv").exists() and len(csv_rows(r)) >= 20 for r in runs), 180, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped; rerun the same command" in " ".join(err.split())
+    for r in runs:
+        n = len(csv_rows(r))
+        assert 20 <= n < 6250 and checkpoints(r)[-1].name == f"ckpt-{n:08d}.ppolab"  # the final one, at its last row
+        assert not (r / "summary.json").exists()
+    same = compare.CompareArgs(envs=("InvertedPendulum-v5",), settings=("cpi", "clip-0.2"), seeds=1,
+                               total_timesteps=400000, num_steps=64, out=str(out))
+    groups = compare.plan(list(same.envs), [compare.parse_setting(s) for s in same.settings])
+    cfgs = [compare.group_config(same, g, out) for g in groups]
+    assert [compare.group_status(c) for c in cfgs] == ["resume", "resume"]

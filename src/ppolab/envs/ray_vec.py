@@ -35,6 +35,21 @@ def import_ray():
     return ray
 
 
+def init_ray(address: str = ""):
+    """(ray, started): join the Ray cluster at ``address`` ('auto', 'HOST:6379') or start a local one (''), unless
+    this process is connected already. ``started`` says whether the caller should shut it down."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    try:
+        with warnings.catch_warnings():  # Ray starts its processes with fork + exec: nothing JAX can break
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise EnvError(f"cannot start or reach Ray (address {address!r}): {e}") from None
+    return ray, True
+
+
 class ShardWorker:
     """One Ray actor's shard: a local vector env of ``num_envs`` sub-envs (``make_gymnasium_vec``)."""
 
@@ -87,18 +102,8 @@ class RayVectorEnv:
         if num_workers > num_envs:
             raise EnvError(f"--ray-workers {num_workers} is more than the {num_envs} environments to step (num_envs "
                            f"x agents); use at most {num_envs} workers")
-        ray = import_ray()
+        ray, self._owns_ray = init_ray(address)
         self._ray = ray
-        self._owns_ray = False
-        if not ray.is_initialized():
-            try:
-                with warnings.catch_warnings():  # Ray starts its processes with fork + exec: nothing JAX can break
-                    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-                    ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                             configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise EnvError(f"cannot start or reach Ray (--ray-address {address!r}): {e}") from None
-            self._owns_ray = True
         self.workers = []
         self._graph = None  # the compiled step graph, built at the first step after a reset
         self._dead = False  # a worker died

@@ -326,7 +326,9 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
     if statuses:
         say(f"{len(statuses)} of {len(todo)} runs already finished in {out} (skipped)")
     stopped = False
-    if args.workers == 1:
+    if pending and args.ray_address:
+        stopped = _run_ray(args, pending, statuses, console)
+    elif args.workers == 1:
         for i, (g, c, st) in enumerate(pending):
             say(f"[bold]run {i + 1}/{len(pending)}[/]: {g.env} {g.name} x {args.seeds} seeds"
                 + (" (resuming)" if st == "resume" else ""))
@@ -337,8 +339,6 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
             if result == "stopped":
                 stopped = True
                 break
-    elif pending and args.ray_address:
-        stopped = _run_ray(args, pending, statuses, console)
     elif pending:
         stopped = _run_pool(args, pending, statuses, console)
     if stopped:
@@ -395,13 +395,9 @@ def _run_ray(args: CompareArgs, pending, statuses: dict, console) -> bool:
     its iteration with a final checkpoint, so rerunning the command resumes every group."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ppolab.envs.ray_vec import import_ray
+    from ppolab.envs.ray_vec import init_ray
 
-    ray = import_ray()
-    owns = not ray.is_initialized()
-    if owns:
-        ray.init(address=None if args.ray_address == "local" else args.ray_address, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False)
+    ray, owns = init_ray("" if args.ray_address == "local" else args.ray_address)
     run_task = ray.remote(num_cpus=args.ray_run_cpus, max_retries=0)(train_group)
     stopped = False
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
