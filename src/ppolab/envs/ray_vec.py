@@ -17,10 +17,10 @@ Ray instance is started for the run and shut down after it.
 
 from __future__ import annotations
 
-import pickle
 import warnings
 
 import numpy as np
+from flax import serialization
 
 from ppolab.envs.gymnasium_vec import EnvError, EnvWorkerError
 
@@ -70,23 +70,24 @@ class ShardWorker:
         return np.asarray(obs)
 
     def step(self, actions: np.ndarray) -> bytes:
-        """-> pickled (obs, reward, terminated, truncated, ended): ``ended`` is None when no episode ended, else
-        (mask, final_obs rows of the ended sub-envs, episode statistics or None)."""
+        """-> msgpack bytes of {obs, rew, term, trunc}, plus where an episode ended {final_mask, final_obs (the rows
+        of the ended sub-envs)} and, where a wrapper records them, {episode_mask, episode (Gymnasium's statistics)}."""
         obs, rew, term, trunc, info = self.env.step(actions)
-        ended = None
+        out = {"obs": np.asarray(obs), "rew": np.asarray(rew, np.float64), "term": np.asarray(term, bool),
+               "trunc": np.asarray(trunc, bool)}
         if "final_obs" in info:
             mask = np.asarray(info["_final_obs"], bool)
-            final = np.stack([np.asarray(info["final_obs"][i]) for i in np.flatnonzero(mask)])
-            stats = None
+            out["final_mask"] = mask
+            out["final_obs"] = np.stack([np.asarray(info["final_obs"][i]) for i in np.flatnonzero(mask)])
             fin = info.get("final_info", {})
             if "episode" in fin:
-                stats = ({k: np.asarray(v) for k, v in fin["episode"].items()}, np.asarray(fin["_episode"], bool))
-            ended = (mask, final, stats)
-        out = (np.asarray(obs), np.asarray(rew, np.float64), np.asarray(term, bool), np.asarray(trunc, bool), ended)
-        # Pickled here, unpickled by the trainer: its arrays then own their memory. Arrays that Ray hands over
-        # zero-copy are views into a compiled graph's shared-memory channel, and one freed after the graph is torn
-        # down (e.g. when a worker died) crashes the trainer (seen: SIGSEGV in PlasmaObjectHeader::CheckHasError).
-        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+                out["episode_mask"] = np.asarray(fin["_episode"], bool)
+                out["episode"] = {k: np.asarray(v) for k, v in fin["episode"].items()}
+        # Sent as msgpack bytes (the checkpoints' format), decoded by the trainer into arrays over Python-owned
+        # memory. Arrays that Ray hands over zero-copy are views into a compiled graph's shared-memory channel, and
+        # one freed after the graph is torn down (e.g. when a worker died) crashed the trainer at exit (seen:
+        # SIGSEGV in PlasmaObjectHeader::CheckHasError).
+        return serialization.msgpack_serialize(out)
 
     def close(self):
         self.env.close()
@@ -183,27 +184,26 @@ class RayVectorEnv:
             blobs = self._get(graph.execute(*shards))
         else:
             blobs = self._get([w.step.remote(a) for w, a in zip(self.workers, shards, strict=True)])
-        parts = [pickle.loads(b) for b in blobs]
-        obs, rew, term, trunc = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        parts = [serialization.msgpack_restore(b) for b in blobs]
+        obs, rew, term, trunc = (np.concatenate([p[k] for p in parts]) for k in ("obs", "rew", "term", "trunc"))
         info = {}
         n = self.num_envs
-        for s, (*_, ended) in zip(self.slices, parts, strict=True):
-            if ended is None:
+        for s, part in zip(self.slices, parts, strict=True):
+            if "final_mask" not in part:
                 continue
-            mask, final, stats = ended
             if "final_obs" not in info:
                 info["final_obs"], info["_final_obs"] = np.full(n, None, object), np.zeros(n, bool)
-            idx = s.start + np.flatnonzero(mask)
+            idx = s.start + np.flatnonzero(part["final_mask"])
             info["_final_obs"][idx] = True
-            for i, row in zip(idx, final, strict=True):
+            for i, row in zip(idx, part["final_obs"], strict=True):
                 info["final_obs"][i] = row
-            if stats is not None:
-                ep, has = stats
+            if "episode" in part:
+                ep = part["episode"]
                 fin = info.setdefault("final_info", {"episode": {k: np.zeros(n, v.dtype) for k, v in ep.items()},
                                                      "_episode": np.zeros(n, bool)})
                 for k, v in ep.items():
                     fin["episode"][k][s] = v
-                fin["_episode"][s] = has
+                fin["_episode"][s] = part["episode_mask"]
         return obs, rew, term, trunc, info
 
     def close(self):
