@@ -135,9 +135,9 @@ class RayVectorEnv:
             first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         except ex.RayTaskError as e:
             raise e.as_instanceof_cause() from None
-        # Raised out here, with the refs dropped: an exception raised inside the handler would keep Ray's error,
-        # its traceback and through it the compiled graph's result refs alive until the interpreter exits, after
-        # the graph's teardown and Ray's shutdown; finalizing them then can crash the process (seen: SIGSEGV).
+        # Raised out here, with the refs dropped: raised inside the handler, it would keep Ray's error, its
+        # traceback and through it the compiled graph's result refs alive past the graph's teardown and Ray's
+        # shutdown (nothing of the graph should be finalized after those; see ``step`` on results' memory).
         del refs
         raise EnvWorkerError(f"a Ray environment worker died ({first})")
 
