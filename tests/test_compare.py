@@ -136,20 +136,23 @@ def test_tiny_grid_writes_every_output_and_skips_finished_runs(tmp_path):
         compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | {"total_timesteps": 512})))
 
 
-def test_the_grid_as_ray_tasks_scores_exactly_like_the_grid_in_process(tmp_path, monkeypatch):
-    """--ray-address local: each group a Ray task in its own worker process; the same runs, the same scores."""
+def test_the_grid_in_a_process_pool_and_as_ray_tasks_scores_exactly_like_in_process(tmp_path, monkeypatch):
+    """--workers 2 (a spawned process pool) and --ray-address local (each group a Ray task in its own worker
+    process): the same runs, the same scores as one after another in this process."""
     pytest.importorskip("ray")
     here = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "here"), **TINY))
     calls = []
-    run_ray = compare._run_ray
-    monkeypatch.setattr(compare, "_run_ray", lambda *a: calls.append(len(a[1])) or run_ray(*a))
-    spread = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "ray"), ray_address="local", **TINY))
-    assert calls == [2]  # both groups went to Ray
-    assert sorted(spread.statuses.values()) == ["trained", "trained"] and spread.complete
-    for name in ("cpi", "clip-0.2"):
-        assert spread.table[name]["score"] == here.table[name]["score"]
-    rows = [list(csv.DictReader(open(tmp_path / d / "compare.csv"))) for d in ("here", "ray")]
-    assert [r["raw_score"] for r in rows[0]] == [r["raw_score"] for r in rows[1]]
+    for name in ("_run_pool", "_run_ray"):
+        run = getattr(compare, name)
+        monkeypatch.setattr(compare, name, lambda *a, name=name, run=run: calls.append((name, len(a[1]))) or run(*a))
+    for out, kw in (("pool", dict(workers=2)), ("ray", dict(ray_address="local"))):
+        spread = compare.run_grid(compare.CompareArgs(out=str(tmp_path / out), **kw, **TINY))
+        assert sorted(spread.statuses.values()) == ["trained", "trained"] and spread.complete
+        for setting in ("cpi", "clip-0.2"):
+            assert spread.table[setting]["score"] == here.table[setting]["score"]
+        rows = [list(csv.DictReader(open(tmp_path / d / "compare.csv"))) for d in ("here", out)]
+        assert [r["raw_score"] for r in rows[0]] == [r["raw_score"] for r in rows[1]]
+    assert calls == [("_run_pool", 2), ("_run_ray", 2)]  # both groups went to the pool, then to Ray
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -346,15 +346,30 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
     return score_and_write(args, out, groups, cfgs, settings, envs, random, statuses, console)
 
 
+def _group_progress(args: CompareArgs, console):
+    """The progress display of groups running in parallel: a bar per group and one for the whole grid."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=console is None or not args.progress)
+
+
+def _group_finished(progress, overall, bar, statuses: dict, group, cfg, before: str, result: str) -> bool:
+    """Record a parallel group's result; True when it stopped (Ctrl-C)."""
+    statuses[str(cfg.run_dir)] = _status(result, before)
+    if result.startswith("failed"):
+        progress.console.print(f"[red]{group.env} {group.name} {result}")
+    progress.update(bar, completed=cfg.num_iterations * cfg.batch_size)
+    progress.advance(overall)
+    return result == "stopped"
+
+
 def _run_pool(args: CompareArgs, pending, statuses: dict, console) -> bool:
     """Groups in a process pool (spawned: JAX is not fork-safe); progress read from each run's metrics.csv."""
     import multiprocessing as mp
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     stopped = False
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=console is None or not args.progress)
+    progress = _group_progress(args, console)
     with progress, ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn"),
                                        initializer=_ignore_sigint) as pool:
         overall = progress.add_task(f"{len(pending)} runs", total=len(pending))
@@ -369,13 +384,7 @@ def _run_pool(args: CompareArgs, pending, statuses: dict, console) -> bool:
                 finished, left = wait(left, timeout=1.0, return_when=FIRST_COMPLETED)
                 for f in finished:
                     g, c, st, task = futures[f]
-                    result = f.result()
-                    statuses[str(c.run_dir)] = _status(result, st)
-                    if result.startswith("failed"):
-                        progress.console.print(f"[red]{g.env} {g.name} {result}")
-                    stopped |= result == "stopped"
-                    progress.update(task, completed=c.num_iterations * c.batch_size)
-                    progress.advance(overall)
+                    stopped |= _group_finished(progress, overall, task, statuses, g, c, st, f.result())
                 for f in left:
                     g, c, st, task = futures[f]
                     if f.running():
@@ -393,15 +402,12 @@ def _run_ray(args: CompareArgs, pending, statuses: dict, console) -> bool:
     """Groups as Ray tasks (one ``train_group`` each, ``--ray-run-cpus`` CPUs); progress read from each run's
     metrics.csv. Ctrl-C cancels the tasks: Ray interrupts each running one, whose ``train`` then stops at the end of
     its iteration with a final checkpoint, so rerunning the command resumes every group."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ppolab.envs.ray_vec import init_ray
 
     ray, owns = init_ray("" if args.ray_address == "local" else args.ray_address)
     run_task = ray.remote(num_cpus=args.ray_run_cpus, max_retries=0)(train_group)
     stopped = False
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=console is None or not args.progress)
+    progress = _group_progress(args, console)
     try:
         with progress:
             overall = progress.add_task(f"{len(pending)} runs on Ray", total=len(pending))
@@ -419,12 +425,7 @@ def _run_ray(args: CompareArgs, pending, statuses: dict, console) -> bool:
                             result = ray.get(ref)
                         except ray.exceptions.RayError as e:  # the task's process died, or an unexpected error
                             result = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                        statuses[str(c.run_dir)] = _status(result, st)
-                        if result.startswith("failed"):
-                            progress.console.print(f"[red]{g.env} {g.name} {result}")
-                        stopped |= result == "stopped"
-                        progress.update(bar, completed=c.num_iterations * c.batch_size)
-                        progress.advance(overall)
+                        stopped |= _group_finished(progress, overall, bar, statuses, g, c, st, result)
                     for ref in left:
                         progress.update(refs[ref][3], completed=_steps_done(Path(refs[ref][1].run_dir)))
             except KeyboardInterrupt:
