@@ -310,8 +310,9 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(cfg.ray_worker_cpus, numbers.Real) and math.isfinite(cfg.ray_worker_cpus)
            and cfg.ray_worker_cpus >= 0, f"--ray-worker-cpus must be a number >= 0 (got {cfg.ray_worker_cpus!r})")
     if cfg.ray_workers:
-        prefix = cfg.env.split(":", 1)[0] if ":" in cfg.env else ""
-        _check(prefix not in ("gymnax", "brax", "envpool"),
+        from ppolab.envs import backend_of
+
+        _check(backend_of(cfg.env)[0] == "gymnasium",
                f"--ray-workers steps Gymnasium environments, not {cfg.env!r}: gymnax and brax envs run inside the "
                "jitted program (scale them with --num-envs or a GPU) and envpool has its own threads; drop "
                "--ray-workers")
