@@ -93,13 +93,10 @@ def make_env(cfg: Config, num_agents: int, num_envs: int, ray_ok: bool = True):
     where set and ``ray_ok``: the final evaluation's few envs run in this process)."""
     backend, name = backend_of(cfg.env)
     if backend == "gymnasium":
+        from ppolab.envs import atari
         from ppolab.envs.gymnasium_vec import GymnasiumVecEnv
 
-        extra = {}
-        if _is_atari(name):
-            from ppolab.envs import atari
-
-            extra = atari.vec_kwargs(name)
+        extra = atari.vec_kwargs(name) if atari.is_atari(name) else {}
         with _workers_ignore_stop_signals():
             ray = dict(ray_workers=cfg.ray_workers, ray_address=cfg.ray_address,
                        ray_worker_cpus=cfg.ray_worker_cpus) if cfg.ray_workers and ray_ok else {}
@@ -124,10 +121,6 @@ class _workers_ignore_stop_signals:
     def __exit__(self, *exc):
         for s, h in self.old.items():
             signal.signal(s, h)
-
-
-def _is_atari(name: str) -> bool:
-    return name.startswith("ALE/") or "NoFrameskip" in name
 
 
 def make_driver(cfg: Config, num_agents: int):

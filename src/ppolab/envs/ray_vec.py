@@ -54,12 +54,11 @@ class ShardWorker:
     """One Ray actor's shard: a local vector env of ``num_envs`` sub-envs (``make_gymnasium_vec``)."""
 
     def __init__(self, env_id: str, num_envs: int, mode: str, env_kwargs: dict | None, wrappers: list | None):
+        from ppolab.envs import atari
         from ppolab.envs.gymnasium_vec import make_gymnasium_vec
 
-        if env_id.startswith("ALE/") or "NoFrameskip" in env_id:  # this process has not registered ALE's ids yet
-            from ppolab.envs.atari import register_ale
-
-            register_ale()
+        if atari.is_atari(env_id):  # this process has not registered ALE's ids yet
+            atari.register_ale()
         self.env = make_gymnasium_vec(env_id, num_envs, mode, env_kwargs, wrappers)
 
     def spaces(self):

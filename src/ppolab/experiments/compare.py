@@ -218,10 +218,10 @@ def random_policy_score(env_id: str, episodes: int, seed: int) -> dict:
     """Mean total reward of ``episodes`` episodes of uniform random actions (episode i reset with seed + i)."""
     import gymnasium as gym
 
-    if env_id.startswith("ALE/") or "NoFrameskip" in env_id:  # the agents' game dynamics, scored by the true reward
-        from ppolab.envs.atari import make_atari
+    from ppolab.envs import atari
 
-        env = make_atari(env_id, clip_reward=False, episodic_life=False)
+    if atari.is_atari(env_id):  # the agents' game dynamics, scored by the true reward
+        env = atari.make_atari(env_id, clip_reward=False, episodic_life=False)
     else:
         env = gym.make(env_id)
     try:
@@ -298,7 +298,7 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
         from ppolab.envs.ray_vec import import_ray
 
         import_ray()  # a missing Ray is reported before anything is written
-    from ppolab.envs import backend_of, check_env_id
+    from ppolab.envs import atari, backend_of, check_env_id
 
     envs = list(dict.fromkeys(args.envs))
     settings = list({s.name: s for s in map(parse_setting, args.settings)}.values())
@@ -307,10 +307,8 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
     for env in envs:
         if backend_of(env)[0] != "gymnasium":
             raise ConfigError(f"ppolab compare runs Gymnasium environments; {env!r} is not one")
-        if env.startswith("ALE/") or "NoFrameskip" in env:
-            from ppolab.envs.atari import register_ale
-
-            register_ale()
+        if atari.is_atari(env):
+            atari.register_ale()
         check_env_id(env)
     out = Path(args.out)
     groups = plan(envs, settings)
