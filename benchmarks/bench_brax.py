@@ -20,10 +20,10 @@ import time
 import jax
 import jax.numpy as jnp
 
+from ppolab.assembly import env_seeds, init_population, make_driver
 from ppolab.config import Config, agent_table, apply_preset, validate
 from ppolab.drivers import jit as J
 from ppolab.envs.brax_env import BraxEnv
-from ppolab.train import _env_seeds, init_population, make_driver
 
 
 def _raw_rollout(env, num_steps, actors, key):
@@ -77,7 +77,7 @@ def main():
     driver, net, spec = make_driver(cfg, len(rows))
     raw, raw_compile_s = raw_sps(driver.env, cfg.num_envs, args.raw_steps, 1 if args.tiny else 3)
     state = init_population(cfg, net, spec, rows)
-    driver.start(_env_seeds(rows, cfg.num_envs, 0))
+    driver.start(env_seeds(rows, cfg.num_envs, 0))
     t = time.perf_counter()
     state, _, _ = driver.run(state, args.iterations)
     jax.block_until_ready(state)

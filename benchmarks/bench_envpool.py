@@ -22,9 +22,10 @@ import time
 import jax
 import numpy as np
 
+from ppolab.assembly import env_seeds, init_population, make_driver
 from ppolab.config import Config, agent_table, apply_preset, validate
 from ppolab.envs.envpool_vec import EnvpoolVecEnv, import_envpool
-from ppolab.train import _env_seeds, init_population, make_driver, train
+from ppolab.training import train
 
 
 def raw_sps(task: str, num_envs: int, steps: int, threads: int) -> float:
@@ -60,7 +61,7 @@ def interleaved(cfg: Config, iterations: int) -> dict:
     rows = agent_table(cfg)
     driver, net, spec = make_driver(cfg, len(rows))
     state = init_population(cfg, net, spec, rows)
-    driver.start(_env_seeds(rows, cfg.num_envs, 0))
+    driver.start(env_seeds(rows, cfg.num_envs, 0))
     state, _, _ = driver.run(state, 1)  # compiles
     jax.block_until_ready(state)
     task = cfg.env.split(":", 1)[1]

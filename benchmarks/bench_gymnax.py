@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppolab.assembly import env_seeds, init_population, make_driver
 from ppolab.config import Config, agent_table
 from ppolab.drivers import jit as J
-from ppolab.train import _env_seeds, enable_compilation_cache, init_population, make_driver
+from ppolab.training import enable_compilation_cache
 
 # PureJaxRL's CartPole PPO (purejaxrl/ppo.py): lr 2.5e-4 annealed, gamma 0.99, lambda 0.95, eps 0.2 (also the value
 # clip), c1 0.5, c2 0.01, grad-norm 0.5, 64-64 tanh separate actor/critic, per-minibatch advantage normalization.
@@ -108,7 +109,7 @@ def main():
     rows = agent_table(cfg)
     driver, net, spec = make_driver(cfg, len(rows))
     state = init_population(cfg, net, spec, rows)
-    driver.start(_env_seeds(rows, cfg.num_envs, 0))
+    driver.start(env_seeds(rows, cfg.num_envs, 0))
 
     compiled, trace_s, compile_s = lower_compile(driver, state, chunk)
 

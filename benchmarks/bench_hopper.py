@@ -50,7 +50,7 @@ UPDATE = textwrap.dedent("""
     from ppolab.config import Config, PRESETS
     from ppolab.networks import make_network
     from ppolab.spaces import ActionSpec, ObsSpec
-    from ppolab.train import init_population
+    from ppolab.assembly import init_population
     from ppolab.types import Rollout
     from ppolab.update import LearnerSpec, learn
     cfg = Config(**PRESETS["paper-mujoco"])

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from ppolab.config import Config
-from ppolab.train import train
+from ppolab.training import train
 
 
 def run(cfg: Config) -> dict:

@@ -20,7 +20,7 @@ import jax
 
 from ppolab.config import Config
 from ppolab.drivers.population import available_cores, num_groups
-from ppolab.train import train
+from ppolab.training import train
 
 
 def run(cfg: Config) -> dict:

@@ -67,7 +67,7 @@ class RssSampler(threading.Thread):
 def soak(env: str, steps: int, args, out: Path) -> dict:
     from ppolab import checkpoint as ckpt_lib
     from ppolab.config import Config
-    from ppolab.train import train
+    from ppolab.training import train
 
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", env)
     run_dir = out / "runs" / tag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_presets_match_table5():
 
 
 def test_tiny_cnn_training_run(tmp_path):
-    from ppolab.train import train
+    from ppolab.training import train
 
     cfg = Config(env="ALE/Breakout-v5", preset="paper-atari", num_envs=2, num_steps=16, num_epochs=1,
                  num_minibatches=2, total_timesteps=32, eval_episodes=0, run_dir=str(tmp_path / "run"),
@@ -128,3 +129,15 @@ def test_tiny_cnn_training_run(tmp_path):
     params = result.state.params["params"]
     assert "conv_0" in params and "torso_fc" in params  # the shared Nature CNN
     assert np.isfinite(np.asarray(result.state.params["params"]["pi_head"]["kernel"])).all()
+    # the update ran on real frames: every minibatch step taken, the parameters moved from their initialization
+    from ppolab.assembly import init_population, make_driver
+    from ppolab.config import agent_table
+
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [r["minibatches_done"] for r in rows] == ["2"] and float(rows[0]["value_loss"]) > 0
+    driver, net, spec = make_driver(result.config, 1)
+    try:
+        init = init_population(result.config, net, spec, agent_table(result.config)).params["params"]
+    finally:
+        driver.close()
+    assert not np.allclose(np.asarray(init["conv_0"]["kernel"]), np.asarray(params["conv_0"]["kernel"]))

@@ -19,10 +19,11 @@ from _trust import TINY_KW, ckpt_iters, train_state_arrays
 
 import ppolab
 from ppolab import checkpoint as ck
+from ppolab.assembly import init_population, make_driver, net_signature
 from ppolab.checkpoint import CheckpointError
 from ppolab.cli import main as cli_main
 from ppolab.config import Config, agent_table
-from ppolab.train import _net_signature, init_population, make_driver, train
+from ppolab.training import train
 
 SRC = Path(ppolab.__file__).parent
 
@@ -72,7 +73,7 @@ def _template(cfg):
     driver, net, spec = make_driver(cfg, len(rows))
     try:
         t = {"train_state": init_population(cfg, net, spec, rows), "driver_state": driver.driver_state()}
-        return t, {"network": _net_signature(net), "agents": len(rows)}
+        return t, {"network": net_signature(net), "agents": len(rows)}
     finally:
         driver.close()
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from ppolab.cli import CompareArgs
 from ppolab.config import ConfigError
 from ppolab.experiments import compare
 from ppolab.experiments import scores as S
@@ -71,10 +72,10 @@ def test_settings_parse_and_group():
     assert len(groups) == 8  # 2 envs x {cpi, clip, kl-adaptive, kl-fixed}
     clip = groups[1]
     assert clip.name == "clip-0.1_0.2_0.3"
-    cfg = compare.group_config(compare.CompareArgs(), clip, compare.Path("out"))
+    cfg = compare.group_config(CompareArgs(), clip, compare.Path("out"))
     assert cfg.clip_eps == (0.1, 0.2, 0.3) and cfg.num_seeds == 3 and cfg.num_steps == 2048
     assert cfg.kl_beta == 1.0 and cfg.preset == "paper-mujoco" and cfg.eval_episodes == 0
-    kl = compare.group_config(compare.CompareArgs(), groups[2], compare.Path("out"))
+    kl = compare.group_config(CompareArgs(), groups[2], compare.Path("out"))
     assert kl.objective == "kl-adaptive" and kl.kl_target == (0.003, 0.01, 0.03) and kl.kl_beta == 1.0
 
 
@@ -92,7 +93,7 @@ TINY = dict(envs=("InvertedPendulum-v5",), settings=("cpi", "clip-0.2"), seeds=2
 
 
 def test_tiny_grid_writes_every_output_and_skips_finished_runs(tmp_path):
-    args = compare.CompareArgs(out=str(tmp_path / "cmp"), **TINY)
+    args = CompareArgs(out=str(tmp_path / "cmp"), **TINY)
     res = compare.run_grid(args)
     out = tmp_path / "cmp"
     assert sorted(res.statuses.values()) == ["trained", "trained"]
@@ -133,26 +134,28 @@ def test_tiny_grid_writes_every_output_and_skips_finished_runs(tmp_path):
 
     # the same --out with other settings is refused before anything runs
     with pytest.raises(ConfigError, match="other settings"):
-        compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | {"total_timesteps": 512})))
+        compare.run_grid(CompareArgs(out=str(out), **(TINY | {"total_timesteps": 512})))
 
 
 def test_the_grid_in_a_process_pool_and_as_ray_tasks_scores_exactly_like_in_process(tmp_path, monkeypatch):
     """--workers 2 (a spawned process pool) and --ray-address local (each group a Ray task in its own worker
     process): the same runs, the same scores as one after another in this process."""
     pytest.importorskip("ray")
-    here = compare.run_grid(compare.CompareArgs(out=str(tmp_path / "here"), **TINY))
+    here = compare.run_grid(CompareArgs(out=str(tmp_path / "here"), **TINY))
     calls = []
-    for name in ("_run_pool", "_run_ray"):
-        run = getattr(compare, name)
-        monkeypatch.setattr(compare, name, lambda *a, name=name, run=run: calls.append((name, len(a[1]))) or run(*a))
+    from ppolab.experiments import runners
+
+    for name in ("run_pool", "run_ray"):
+        run = getattr(runners, name)
+        monkeypatch.setattr(runners, name, lambda *a, name=name, run=run: calls.append((name, len(a[1]))) or run(*a))
     for out, kw in (("pool", dict(workers=2)), ("ray", dict(ray_address="local"))):
-        spread = compare.run_grid(compare.CompareArgs(out=str(tmp_path / out), **kw, **TINY))
+        spread = compare.run_grid(CompareArgs(out=str(tmp_path / out), **kw, **TINY))
         assert sorted(spread.statuses.values()) == ["trained", "trained"] and spread.complete
         for setting in ("cpi", "clip-0.2"):
             assert spread.table[setting]["score"] == here.table[setting]["score"]
         rows = [list(csv.DictReader(open(tmp_path / d / "compare.csv"))) for d in ("here", out)]
         assert [r["raw_score"] for r in rows[0]] == [r["raw_score"] for r in rows[1]]
-    assert calls == [("_run_pool", 2), ("_run_ray", 2)]  # both groups went to the pool, then to Ray
+    assert calls == [("run_pool", 2), ("run_ray", 2)]  # both groups went to the pool, then to Ray
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -162,7 +165,7 @@ def test_the_grid_in_a_process_pool_and_as_ray_tasks_scores_exactly_like_in_proc
 def test_bad_ray_options_of_compare_are_refused_before_anything_is_written(tmp_path, kw, message):
     out = tmp_path / "cmp"
     with pytest.raises(ConfigError, match=message):
-        compare.run_grid(compare.CompareArgs(out=str(out), **(TINY | kw)))
+        compare.run_grid(CompareArgs(out=str(out), **(TINY | kw)))
     assert not out.exists()
 
 
@@ -191,7 +194,7 @@ def test_ctrl_c_stops_the_ray_tasks_with_checkpoints_and_the_grid_resumes(tmp_pa
         n = len(csv_rows(r))
         assert 20 <= n < 6250 and checkpoints(r)[-1].name == f"ckpt-{n:08d}.ppolab"  # the final one, at its last row
         assert not (r / "summary.json").exists()
-    same = compare.CompareArgs(envs=("InvertedPendulum-v5",), settings=("cpi", "clip-0.2"), seeds=1,
+    same = CompareArgs(envs=("InvertedPendulum-v5",), settings=("cpi", "clip-0.2"), seeds=1,
                                total_timesteps=400000, num_steps=64, out=str(out))
     groups = compare.plan(list(same.envs), [compare.parse_setting(s) for s in same.settings])
     cfgs = [compare.group_config(same, g, out) for g in groups]

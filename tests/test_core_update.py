@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ppolab.assembly import init_population
 from ppolab.config import Config
 from ppolab.networks import NumpyPolicy, make_network
 from ppolab.spaces import ActionSpec, ObsSpec
-from ppolab.train import init_population
 from ppolab.types import Rollout
-from ppolab.update import AUX_KEYS, LearnerSpec, learn, loss_fn, make_batch
+from ppolab.update import LearnerSpec, learn, loss_fn, make_batch
 
 T, B, OBS = 16, 4, 3
 
@@ -60,9 +60,8 @@ def test_ratio_is_exactly_one_on_first_minibatch_of_first_epoch(objective, actio
     idx = perm0.reshape(spec.num_minibatches, -1)[0]
     mb = jax.tree_util.tree_map(lambda x: x[idx], batch)
     _, aux = jax.jit(loss_fn, static_argnums=(1, 2))(state.params, spec, net, mb, 0.2, 1.0, state.hparams)
-    aux = dict(zip(AUX_KEYS, aux, strict=True))
-    assert float(aux["ratio_min"]) == 1.0 and float(aux["ratio_max"]) == 1.0
-    assert float(aux["approx_kl"]) == 0.0
+    assert float(aux.ratio_min) == 1.0 and float(aux.ratio_max) == 1.0
+    assert float(aux.approx_kl) == 0.0
 
 
 def test_single_minibatch_single_epoch_update_reports_ratio_one():

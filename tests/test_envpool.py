@@ -54,7 +54,7 @@ def test_truncation_is_not_termination():
 
 def test_host_driver_on_envpool(tmp_path):
     from ppolab.config import Config
-    from ppolab.train import train
+    from ppolab.training import train
 
     cfg = Config(env="envpool:CartPole-v1", total_timesteps=512, num_envs=4, num_steps=32, num_epochs=1,
                  num_seeds=2, eval_episodes=2, progress=False, tensorboard=False, run_dir=str(tmp_path / "r"),
@@ -62,3 +62,10 @@ def test_host_driver_on_envpool(tmp_path):
     result = train(cfg)
     assert result.summary["num_agents"] == 2
     assert len(result.summary["agents"][1]["eval_returns"]) == 2
+    # CartPole pays 1 a step: a finished episode's return is its length, an integer in [1, 500], and the finished
+    # episodes of an agent hold at most its 512 steps (a driver that counted a fake reset step, double-counted or
+    # leaked steps between agents would break one of these)
+    for agent in result.summary["agents"]:
+        returns = agent["last_100_returns"]
+        assert 0 < len(returns) < 100 and all(r == int(r) and 1 <= r <= 500 for r in returns)
+        assert 512 - 4 * 500 <= sum(returns) <= 512

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ppolab.assembly import env_seeds, init_population, make_driver
 from ppolab.config import Config, agent_table
 from ppolab.drivers import jit as J
-from ppolab.train import _env_seeds, init_population, make_driver, train
+from ppolab.training import train
 from ppolab.update import learn
 
 # The learning test's settings (the default config: solves CartPole within 100k steps); parity tests run 2 of its
@@ -26,7 +27,7 @@ def _setup(cfg: Config):
     rows = agent_table(cfg)
     driver, net, spec = make_driver(cfg, len(rows))
     state = init_population(cfg, net, spec, rows)
-    driver.start(_env_seeds(rows, cfg.num_envs, 0))
+    driver.start(env_seeds(rows, cfg.num_envs, 0))
     return driver, net, spec, state, rows
 
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 import ppolab
+from ppolab.assembly import make_driver
 from ppolab.config import Config
-from ppolab.train import make_driver
 
 FAST = dict(tensorboard=False, progress=False, overwrite=True)
 

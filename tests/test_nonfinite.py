@@ -14,11 +14,13 @@ import pytest
 from _trust import TINY_KW, ckpt_iters, csv_rows, train_state_arrays
 
 from ppolab import checkpoint as ck
+from ppolab.assembly import init_population
 from ppolab.cli import main as cli_main
 from ppolab.config import Config
+from ppolab.loop import nonfinite_message
 from ppolab.networks import make_network
 from ppolab.spaces import ActionSpec, ObsSpec
-from ppolab.train import TrainingError, _nonfinite_message, init_population, train
+from ppolab.training import TrainingError, train
 from ppolab.types import Rollout
 from ppolab.update import METRIC_KEYS, NONFINITE_BITS, LearnerSpec, learn
 
@@ -198,5 +200,5 @@ def test_message_names_iteration_agent_and_quantity(kind, update, expected):
     inp = 1.0 if kind & (NONFINITE_BITS["reward"] | NONFINITE_BITS["observation"]) else 0.0
     metrics = {"nonfinite_input": np.array([0.0, inp]), "nonfinite_update": np.array([0.0, update]),
                "nonfinite_kind": np.array([0.0, kind])}
-    assert _nonfinite_message(metrics, 7, 1) == expected
-    assert _nonfinite_message(metrics, 7, 0) is None
+    assert nonfinite_message(metrics, 7, 1) == expected
+    assert nonfinite_message(metrics, 7, 0) is None

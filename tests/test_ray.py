@@ -20,8 +20,9 @@ import pytest
 from _trust import csv_rows, kill, start, wait_for
 
 from ppolab.config import Config, ConfigError, validate
-from ppolab.envs.gymnasium_vec import EnvError, EnvWorkerError, make_gymnasium_vec
-from ppolab.train import train
+from ppolab.envs.errors import EnvError, EnvWorkerError
+from ppolab.envs.gymnasium_vec import make_gymnasium_vec
+from ppolab.training import train
 
 ray = pytest.importorskip("ray")
 from ppolab.envs.ray_vec import RayVectorEnv  # noqa: E402
@@ -244,3 +245,21 @@ def test_a_worker_killed_mid_run_leaves_a_checkpoint_and_a_resume_command(tmp_pa
     out, err = kill(proc, signal.SIGTERM)
     assert proc.returncode == 143, err
     assert [int(r["iteration"]) for r in csv_rows(run)] == list(range(1, len(csv_rows(run)) + 1))
+
+
+def test_user_env_module_in_ray_workers(tmp_path, monkeypatch):
+    """``--env my_corridor:MyCorridor-v0`` with the module on this process's path only (not installed, not on
+    PYTHONPATH): the workers import it from where the trainer found it, and the run equals the in-process one."""
+    from pathlib import Path
+
+    from regression_runs import metrics_without_time
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "user_envs"))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    kw = dict(env="my_corridor:MyCorridor-v0", env_kwargs="length=3", total_timesteps=512, num_envs=4, num_steps=32,
+              num_epochs=1, num_minibatches=2, eval_episodes=2, progress=False, tensorboard=False)
+    local = train(Config(run_dir=str(tmp_path / "local"), **kw))
+    remote = train(Config(run_dir=str(tmp_path / "ray"), ray_workers=2, ray_worker_cpus=0.5, **kw))
+    assert local.summary["episodes"] > 0
+    assert metrics_without_time(tmp_path / "ray") == metrics_without_time(tmp_path / "local")
+    assert remote.summary["eval_return_mean"] == local.summary["eval_return_mean"]

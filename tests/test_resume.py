@@ -28,7 +28,7 @@ from _trust import (
 
 from ppolab import checkpoint as ck
 from ppolab.config import Config
-from ppolab.train import train
+from ppolab.training import train
 
 ITERS = 12
 

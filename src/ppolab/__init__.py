@@ -5,22 +5,30 @@
     result.summary["eval_return_mean"]
 """
 
-import ppolab.train as _train_module  # loaded first so that the function below, not the module, is ppolab.train
 from ppolab.config import PRESETS, Config, ConfigError
-from ppolab.train import TrainResult
 
 __version__ = "0.1.0"
 
 
-def train(cfg: Config | None = None, **kwargs) -> TrainResult:
+def train(cfg: Config | None = None, **kwargs):
     """Train ``cfg`` (default: CartPole-v1); returns TrainResult(state, summary, run_dir, config).
-    See ``ppolab.train.train`` for the keyword arguments."""
-    return _train_module.train(cfg if cfg is not None else Config(), **kwargs)
+    See ``ppolab.training.train`` for the keyword arguments."""
+    from ppolab.training import train as _train
+
+    return _train(cfg if cfg is not None else Config(), **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "TrainResult":  # imported on use: ``import ppolab`` (or ppolab.config) stays light
+        from ppolab.training import TrainResult
+
+        return TrainResult
+    raise AttributeError(f"module 'ppolab' has no attribute {name!r}")
 
 
 def evaluate(run_dir, episodes: int = 10, deterministic: bool = True, seed: int = 12345):
     """Evaluate the newest good checkpoint of a run directory."""
-    from ppolab.train import evaluate_run
+    from ppolab.evaluation import evaluate_run
 
     return evaluate_run(run_dir, episodes, deterministic, seed)
 

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 
 
-def gae(rewards, values, terminated, truncated, final_values, last_value, gamma, gae_lambda):
+def gae(rewards: jax.Array, values: jax.Array, terminated: jax.Array, truncated: jax.Array, final_values: jax.Array,
+        last_value: jax.Array, gamma: jax.Array | float, gae_lambda: jax.Array | float) -> tuple[jax.Array, jax.Array]:
     """Return (advantages [T, B], value targets [T, B]).
 
     rewards, values, terminated, truncated, final_values: [T, B]; values[t] = V(s_t).
@@ -36,6 +37,6 @@ def gae(rewards, values, terminated, truncated, final_values, last_value, gamma,
     return advantages, advantages + values
 
 
-def normalize(x, eps=1e-8):
+def normalize(x: jax.Array, eps: float = 1e-8) -> jax.Array:
     """(x - mean) / (std + eps) over all elements (per minibatch in the update)."""
     return (x - x.mean()) / (x.std() + eps)

@@ -14,10 +14,12 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
 from ppolab.config import SWEEPABLE, Config, ConfigError
+from ppolab.experiments import grid
 
 USAGE = """usage: ppolab {train,eval,compare,plot} [options]
 
@@ -37,20 +39,27 @@ def _fail(msg: str, code: int = 2):
     return code
 
 
-def _split_sweeps(argv: list[str]) -> list[str]:
-    """``--clip-eps 0.1,0.2`` -> ``--clip-eps 0.1 0.2`` for the sweepable coefficients."""
-    flags = {"--" + k.replace("_", "-") for k in SWEEPABLE}
-    out = []
-    for i, tok in enumerate(argv):
-        if i > 0 and argv[i - 1] in flags and "," in tok:
+def split_comma_lists(argv: list[str], flags: set[str]) -> list[str]:
+    """``--clip-eps 0.1,0.2`` -> ``--clip-eps 0.1 0.2`` (and ``--flag=a,b``) for the list-valued ``flags``: every
+    value after such a flag, up to the next option, is split at its commas. One parser for every command."""
+    out, listy = [], False
+    for tok in argv:
+        if tok.startswith("--"):
+            flag, eq, val = tok.partition("=")
+            listy = flag in flags
+            if eq and listy:
+                out.append(flag)
+                out.extend(x for x in val.split(",") if x)
+                continue
+            out.append(tok)
+        elif listy:
             out.extend(x for x in tok.split(",") if x)
-        elif "=" in tok and tok.split("=", 1)[0] in flags and "," in tok:
-            flag, val = tok.split("=", 1)
-            out.append(flag)
-            out.extend(x for x in val.split(",") if x)
         else:
             out.append(tok)
     return out
+
+
+SWEEP_FLAGS = {"--" + k.replace("_", "-") for k in SWEEPABLE}
 
 
 def _tyro_parse(cls, argv: list[str], prog: str, default=None):
@@ -65,7 +74,7 @@ def _tyro_parse(cls, argv: list[str], prog: str, default=None):
         if e.code in (0, None):
             raise
         text = re.sub(r"[│╭╮╰╯─━┃]+", " ", buf.getvalue())
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not re.fullmatch(r"[-=_ ]+", ln.strip())]
         lines = [ln for ln in lines if not ln.startswith(("For full helptext", "Argument helptext"))]
         detail = " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
         raise UsageError(f"{detail.strip()} (see ppolab {prog.split()[-1]} --help)") from None
@@ -137,7 +146,7 @@ def parse_train_args(argv: list[str]) -> tuple[Config, set[str], str | None]:
 
     argv, resume = _pop_option(argv, "--resume")
     argv, config_file = _pop_option(argv, "--config")
-    argv = _split_sweeps(argv)
+    argv = split_comma_lists(argv, SWEEP_FLAGS)
     base = Config()
     explicit: set[str] = set()
     if config_file is not None:
@@ -164,6 +173,47 @@ class EvalArgs:
 
 
 @dataclasses.dataclass
+class CompareArgs:
+    """The paper's Table 1: surrogate objectives compared by normalized score."""
+
+    envs: tuple[str, ...] = grid.ENVS_TABLE1
+    """Environments (space- or comma-separated Gymnasium ids)."""
+    settings: tuple[str, ...] = grid.SETTINGS_TABLE1
+    """Objective settings: cpi, clip-EPS, kl-adaptive-DTARG, kl-fixed-BETA (space- or comma-separated)."""
+    seeds: int = 3
+    """Random seeds per setting and environment."""
+    seed: int = 0
+    """First seed (seeds are seed, seed+1, ...)."""
+    total_timesteps: int = 1_000_000
+    """Environment steps of every run."""
+    preset: str = "paper-mujoco"
+    """Hyperparameter preset of every run (paper-mujoco: Table 3, beta initialised to 1)."""
+    num_steps: int | None = None
+    """Override the preset's horizon T (for quick smoke runs)."""
+    num_epochs: int | None = None
+    """Override the preset's number of epochs K."""
+    num_minibatches: int | None = None
+    """Override the preset's number of minibatches."""
+    out: str = "runs/compare"
+    """Output directory; rerunning with the same directory skips finished runs and resumes unfinished ones."""
+    workers: int = 1
+    """Processes running groups in parallel (1: in this process, one after another)."""
+    ray_address: str = ""
+    """Run the groups as Ray tasks instead (pip install 'ppolab[ray]'): 'auto' or 'HOST:6379' joins a cluster,
+    'local' starts a Ray here. --out must then be a directory every node sees (a shared filesystem)."""
+    ray_run_cpus: float = 1.0
+    """CPUs Ray reserves for each group's run (with --ray-address)."""
+    random_episodes: int = 100
+    """Episodes of the uniform-random policy per environment (its score maps to 0)."""
+    random_seed: int = 12345
+    """Seed of the random policy's episodes and actions."""
+    best: Literal["setting", "run"] = "setting"
+    """What maps to 1 per environment: the best setting's seed-averaged score, or the best single run."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclasses.dataclass
 class PlotArgs:
     run_dir: tyro.conf.Positional[str]
     """Run directory written by ppolab train."""
@@ -172,7 +222,7 @@ class PlotArgs:
 def cmd_train(argv: list[str]) -> int:
     from rich.console import Console
 
-    from ppolab.train import train
+    from ppolab.training import train
 
     cfg, explicit, resume = parse_train_args(argv)
     console = Console(stderr=True)
@@ -191,7 +241,7 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from ppolab.train import evaluate_run
+    from ppolab.evaluation import evaluate_run
 
     args = _tyro_parse(EvalArgs, argv, "ppolab eval")
     if not Path(args.run_dir).is_dir():
@@ -212,9 +262,24 @@ def cmd_plot(argv: list[str]) -> int:
 
 
 def cmd_compare(argv: list[str]) -> int:
-    from ppolab.experiments.compare import main as compare_main
+    import time
 
-    return compare_main(argv)
+    from rich.console import Console
+
+    from ppolab.experiments.compare import run_grid
+
+    args = _tyro_parse(CompareArgs, split_comma_lists(list(argv), {"--envs", "--settings"}), "ppolab compare")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    result = run_grid(args, console)
+    if any(s == "stopped" for s in result.statuses.values()):
+        return 0
+    if any(s == "failed" for s in result.statuses.values()):
+        console.print("[red]some runs failed[/] (see above); the table leaves them out")
+        return 1
+    console.print(f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s"
+                  + ("" if result.complete else " (table incomplete: some runs have no finished episode)"))
+    return 0
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "compare": cmd_compare}
@@ -232,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         return _fail(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
     from ppolab.checkpoint import CheckpointError
-    from ppolab.envs.gymnasium_vec import EnvError
+    from ppolab.envs.errors import EnvError
+    from ppolab.loop import TrainingError
     from ppolab.spaces import UnsupportedSpaceError
-    from ppolab.train import TrainingError
 
     try:
         return COMMANDS[cmd](rest)

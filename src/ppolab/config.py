@@ -1,8 +1,10 @@
-"""Run configuration: one frozen dataclass, presets, validation and the per-agent hyperparameter table.
+"""Run configuration: one frozen dataclass, validation and the per-agent hyperparameter table.
 
 Static fields (shapes, loop counts, the objective kind) fix the compiled program. The *sweepable* coefficients
 (``SWEEPABLE``) are traced: each may be a float or a tuple of floats, and every combination of the given values times
-``num_seeds`` becomes one agent of a ``jax.vmap``-ed population trained in a single program.
+``num_seeds`` becomes one agent of a ``jax.vmap``-ed population trained in a single program. Presets are plain data
+(``ppolab.presets``); the objectives' names and coefficients come from their registry (``ppolab.objectives``).
+Importing this module imports no environment library.
 """
 
 from __future__ import annotations
@@ -13,12 +15,26 @@ import math
 import numbers
 from typing import Literal
 
-OBJECTIVES = ("pg", "cpi", "clip", "kl-fixed", "kl-adaptive")
-Objective = Literal["pg", "cpi", "clip", "kl-fixed", "kl-adaptive"]
+from ppolab.objectives import OBJECTIVES as _OBJECTIVE_RECORDS
+
+OBJECTIVE_NAMES = tuple(_OBJECTIVE_RECORDS)
+Objective = Literal[OBJECTIVE_NAMES]  # the CLI's choices: the registry's names
 FloatOrSweep = float | tuple[float, ...]
 
 #: Coefficients that are array leaves of the train state (``HParams``), so they can differ between vmapped agents.
 SWEEPABLE = ("learning_rate", "clip_eps", "kl_beta", "kl_target", "ent_coef", "vf_coef", "gamma", "gae_lambda")
+
+#: Environment back-ends named by an id prefix; any other id is a Gymnasium id (``module:Env-v0`` included).
+ENV_PREFIXES = ("gymnax", "brax", "envpool")
+
+
+def backend_of(env_id: str) -> tuple[str, str]:
+    """'gymnax:CartPole-v1' -> ('gymnax', 'CartPole-v1'); 'Hopper-v5' or 'my_module:MyEnv-v0' -> ('gymnasium', id)."""
+    if ":" in env_id:
+        prefix, name = env_id.split(":", 1)
+        if prefix in ENV_PREFIXES:
+            return prefix, name
+    return "gymnasium", env_id
 
 
 class ConfigError(ValueError):
@@ -30,7 +46,8 @@ class Config:
     """Configuration of one ppolab training run (or one vmapped population of runs)."""
 
     env: str = "CartPole-v1"
-    """Environment: a Gymnasium id (e.g. Hopper-v5), or gymnax:NAME, brax:NAME, envpool:NAME."""
+    """Environment: a Gymnasium id (e.g. Hopper-v5, or my_module:MyEnv-v0 to import your own module first), or
+    gymnax:NAME, brax:NAME, envpool:NAME."""
     preset: str | None = None
     """Named hyperparameter set applied first (cartpole, gymnax-cartpole, paper-mujoco, ppo2-mujoco, paper-atari,
     ppo2-atari, brax); flags given on the command line override it."""
@@ -99,6 +116,9 @@ class Config:
     """Gymnasium vector env: sync (ppolab's lean in-process loop over the envs), gym-sync (gymnasium's SyncVectorEnv),
     async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
     Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
+    env_kwargs: str = ""
+    """Gymnasium envs: keyword arguments for gymnasium.make, as JSON ('{"max_episode_steps": 100}') or
+    key=value pairs separated by commas (values read as JSON where they parse, else as strings)."""
     ray_workers: int = 0
     """Gymnasium envs only: step the environments in this many Ray actors (the distributed mode, pip install
     'ppolab[ray]'); actions are still computed here in one batched pass, so results do not depend on it. 0 = off."""
@@ -108,9 +128,11 @@ class Config:
     """CPUs Ray reserves for each environment worker (0 lets workers share cores, e.g. for envs waiting on I/O)."""
     threads: int = 0
     """CPU threads that update the agents of a population in parallel, each a group of agents (0 = one per CPU core,
-    at most one per agent). Results do not depend on it."""
+    at most one per agent). Groups of equal size give bitwise the same agents as one program; a group of a single
+    agent runs unbatched and may differ in the last bits (a speed setting, not a learning one)."""
     act_backend: Literal["auto", "numpy", "jax"] = "auto"
-    """How Gymnasium drivers compute actions: numpy forward pass of the MLP (fastest on CPU) or a jitted call."""
+    """Gymnasium and envpool envs: how actions are computed, a numpy forward pass of the MLP (fastest on CPU) or a
+    jitted call (auto: numpy for MLPs, jax for CNNs)."""
     run_dir: str | None = None
     """Output directory (default runs/ENV-OBJECTIVE-sSEED-TIME)."""
     overwrite: bool = False
@@ -132,9 +154,9 @@ class Config:
     nonfinite: Literal["stop", "skip"] = "stop"
     """On a non-finite loss, gradient, parameter, observation or reward: stop the run, or skip the bad update."""
     iterations_per_call: int = 0
-    """JAX-native envs: iterations fused in one jitted call (0 = automatic)."""
+    """gymnax and Brax envs: iterations fused in one jitted call (0 = automatic)."""
     brax_backend: Literal["generalized", "positional", "spring", "mjx"] = "generalized"
-    """Physics pipeline of brax:NAME environments."""
+    """brax:NAME envs: the physics pipeline."""
     compile_cache: str = "~/.cache/ppolab/jax"
     """Directory of JAX's persistent compilation cache ('' disables it; the PPOLAB_CACHE_DIR variable overrides)."""
 
@@ -155,55 +177,13 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-# ---- presets ----------------------------------------------------------------------------------------------------
-PRESETS: dict[str, dict] = {
-    # The default: CartPole-v1 solved (return 500) within 100k steps. RL-Zoo-like settings.
-    "cartpole": dict(env="CartPole-v1"),
-    # The same settings on gymnax's CartPole with the fully jitted driver (solved within 100k steps).
-    "gymnax-cartpole": dict(env="gymnax:CartPole-v1"),
-    # The paper's MuJoCo setting, Table 3, and nothing else: 1 actor, T=2048, Adam 3e-4 constant, 10 epochs,
-    # minibatch 64, gamma 0.99, lambda 0.95, eps 0.2, separate policy/value MLPs 64-64 tanh, no entropy bonus,
-    # no gradient clipping, no value clipping, no normalization, no learning-rate or clip annealing.
-    "paper-mujoco": dict(
-        env="Hopper-v5", total_timesteps=1_000_000, num_envs=1, num_steps=2048, num_epochs=10, num_minibatches=32,
-        learning_rate=3e-4, anneal_lr=False, clip_eps=0.2, anneal_clip=False, gamma=0.99, gae_lambda=0.95,
-        vf_coef=1.0, ent_coef=0.0, norm_adv=False, vf_clip=None, max_grad_norm=None, adam_eps=1e-8,
-        shared_torso=False, normalize_obs=False, normalize_reward=False, kl_beta=1.0,
-    ),
-    # openai/baselines ppo2 MuJoCo defaults: adds observation/reward normalization, value clipping, gradient
-    # clipping 0.5, Adam eps 1e-5, linear lr decay, per-minibatch advantage normalization.
-    # ppo2's loss is 0.5 * vf_coef * (V - R)^2 with vf_coef 0.5, i.e. c1 = 0.25 in eq. 9's form.
-    "ppo2-mujoco": dict(
-        env="Hopper-v5", total_timesteps=1_000_000, num_envs=1, num_steps=2048, num_epochs=10, num_minibatches=32,
-        learning_rate=3e-4, anneal_lr=True, clip_eps=0.2, anneal_clip=False, gamma=0.99, gae_lambda=0.95,
-        vf_coef=0.25, ent_coef=0.0, norm_adv=True, vf_clip=0.2, max_grad_norm=0.5, adam_eps=1e-5,
-        shared_torso=False, normalize_obs=True, normalize_reward=True,
-    ),
-    # Brax's own PPO settings for Ant (google/brax notebooks/training.ipynb, PPO cell; positional pipeline):
-    # 4096 envs, 16 unrolls of 5 steps per env between updates (T = 80 here, GAE over the whole horizon), 4 epochs
-    # x 32 minibatches of 10,240 samples, Adam 3e-4 constant, gamma 0.97, lambda 0.95, eps 0.3, entropy 1e-2,
-    # observation normalization, 50M steps. Brax multiplies rewards by 10 and uses tanh-squashed Gaussians with
-    # 32x4 policy / 256x5 value swish MLPs; ppolab scales rewards by the running return std and keeps its own
-    # Gaussian policy with 256-256 tanh MLPs. Sized for one GPU: 327,680 env steps per iteration.
-    "brax": dict(
-        env="brax:ant", brax_backend="positional", total_timesteps=50_000_000, num_envs=4096, num_steps=80,
-        num_epochs=4, num_minibatches=32, learning_rate=3e-4, anneal_lr=False, clip_eps=0.3, anneal_clip=False,
-        gamma=0.97, gae_lambda=0.95, vf_coef=0.5, ent_coef=1e-2, norm_adv=True, vf_clip=None, max_grad_norm=None,
-        hidden_sizes=(256, 256), normalize_obs=True, normalize_reward=True, checkpoint_every=10,
-    ),
-}
-
-
-def register_preset(name: str, values: dict) -> None:
-    """Add a preset (used by optional modules, e.g. the Atari presets)."""
-    PRESETS[name] = dict(values)
+from ppolab.presets import PRESETS  # noqa: E402  (plain data)
 
 
 def apply_preset(cfg: Config, explicit: dict | None = None) -> Config:
     """Apply ``cfg.preset``, then re-apply ``explicit`` (the values the user set) on top."""
     if cfg.preset is None:
         return cfg
-    _ensure_optional_presets()
     if cfg.preset not in PRESETS:
         raise ConfigError(f"unknown preset {cfg.preset!r}; choose one of: {', '.join(sorted(PRESETS))}")
     base = dataclasses.replace(Config(), **PRESETS[cfg.preset])
@@ -212,13 +192,6 @@ def apply_preset(cfg: Config, explicit: dict | None = None) -> Config:
     if explicit is None:  # Python API: every field that differs from the default counts as explicit
         explicit = {k: v for k, v in values.items() if v != getattr(defaults, k)}
     return dataclasses.replace(base, **{**explicit, "preset": cfg.preset})
-
-
-def _ensure_optional_presets() -> None:
-    try:  # presets living beside optional modules register themselves on import
-        from ppolab.envs import atari  # noqa: F401
-    except Exception:  # pragma: no cover - atari extras are optional
-        pass
 
 
 # ---- sweeps ---------------------------------------------------------------------------------------------------
@@ -259,12 +232,29 @@ def _check(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+#: The allowed range of each sweepable coefficient: (test, what the message says is allowed).
+COEFFICIENT_RANGES = {
+    "learning_rate": (lambda v: v > 0, "> 0"), "clip_eps": (lambda v: v > 0, "> 0"),
+    "kl_beta": (lambda v: v >= 0, ">= 0"), "kl_target": (lambda v: v > 0, "> 0"),
+    "vf_coef": (lambda v: v >= 0, ">= 0"), "ent_coef": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"), "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}
+
+
+def _check_coefficients(cfg: Config) -> None:
+    for name, values in sweep_values(cfg).items():
+        ok, allowed = COEFFICIENT_RANGES[name]
+        for v in values:
+            _check(math.isfinite(v) and ok(v), f"--{name.replace('_', '-')} {v!r} is not allowed: must be {allowed}")
+
+
 def validate(cfg: Config) -> Config:
     """Raise ``ConfigError`` naming the first bad value and what is allowed. Returns ``cfg`` unchanged."""
     for f in dataclasses.fields(Config):  # types first (the Python API takes anything), then ranges
         v = getattr(cfg, f.name)
         _coerce(f.name, tuple(v) if isinstance(v, list) else v, f.default, label=f"--{f.name.replace('_', '-')}")
-    _check(cfg.objective in OBJECTIVES, f"unknown objective {cfg.objective!r}; choose one of: {', '.join(OBJECTIVES)}")
+    _check(cfg.objective in OBJECTIVE_NAMES,
+           f"unknown objective {cfg.objective!r}; choose one of: {', '.join(OBJECTIVE_NAMES)}")
     for name in ("total_timesteps", "num_envs", "num_steps", "num_epochs", "num_minibatches", "num_seeds"):
         v = getattr(cfg, name)
         _check(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0,
@@ -275,20 +265,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.total_timesteps >= cfg.batch_size,
            f"--total-timesteps {cfg.total_timesteps} is smaller than one batch (num_envs * num_steps = "
            f"{cfg.batch_size}); raise it or shrink the batch")
-    values = sweep_values(cfg)
-
-    def each(name, pred, allowed):
-        for v in values[name]:
-            _check(math.isfinite(v) and pred(v), f"--{name.replace('_', '-')} {v!r} is not allowed: must be {allowed}")
-
-    each("learning_rate", lambda v: v > 0, "> 0")
-    each("clip_eps", lambda v: v > 0, "> 0")
-    each("kl_beta", lambda v: v >= 0, ">= 0")
-    each("kl_target", lambda v: v > 0, "> 0")
-    each("vf_coef", lambda v: v >= 0, ">= 0")
-    each("ent_coef", lambda v: v >= 0, ">= 0")
-    each("gamma", lambda v: 0 < v <= 1, "in (0, 1]")
-    each("gae_lambda", lambda v: 0 <= v <= 1, "in [0, 1]")
+    _check_coefficients(cfg)
     for name in ("vf_clip", "max_grad_norm", "target_kl"):
         v = getattr(cfg, name)
         _check(v is None or (math.isfinite(v) and v > 0), f"--{name.replace('_', '-')} must be > 0 or None (got {v!r})")
@@ -310,8 +287,6 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(cfg.ray_worker_cpus, numbers.Real) and math.isfinite(cfg.ray_worker_cpus)
            and cfg.ray_worker_cpus >= 0, f"--ray-worker-cpus must be a number >= 0 (got {cfg.ray_worker_cpus!r})")
     if cfg.ray_workers:
-        from ppolab.envs import backend_of
-
         _check(backend_of(cfg.env)[0] == "gymnasium",
                f"--ray-workers steps Gymnasium environments, not {cfg.env!r}: gymnax and brax envs run inside the "
                "jitted program (scale them with --num-envs or a GPU) and envpool has its own threads; drop "
@@ -353,44 +328,61 @@ def from_dict(d: dict) -> Config:
     return Config(**kwargs)
 
 
+def _short(v) -> str:
+    """A bounded repr of a value from a user's file (never the whole of a huge or deeply shared structure)."""
+    import reprlib
+
+    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    return r.repr(v)
+
+
+class _BadValue(ConfigError):
+    """A value of the wrong type; the message is bounded (``_short``) and built only when raised."""
+
+    def __init__(self, key, v, default, label: str | None):
+        expected = ("a number or a list of numbers" if key in SWEEPABLE else "a list of integers"
+                    if key == "hidden_sizes" else type(default).__name__ if default is not None else "a value or null")
+        super().__init__(f"{label or f'config key {key!r}'} has value {_short(v)} of type {type(v).__name__}; "
+                         f"expected {expected}")
+
+
 def _coerce(key, v, default, label: str | None = None):
-    label = label or f"config key {key!r}"
-    expected = ("a number or a list of numbers" if key in SWEEPABLE else "a list of integers" if key == "hidden_sizes"
-                else type(default).__name__ if default is not None else "a value or null")
-    bad = ConfigError(f"{label} has value {v!r} of type {type(v).__name__}; expected {expected}")
+    bad = lambda: _BadValue(key, v, default, label)  # built only when raised
     if key in SWEEPABLE:
         if isinstance(v, tuple):
             if not v or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v):
-                raise bad
+                raise bad()
             return tuple(float(x) for x in v) if len(v) > 1 else float(v[0])
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise bad
+            raise bad()
         return float(v)
     if key == "hidden_sizes":
         if not isinstance(v, tuple) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v):
-            raise bad
+            raise bad()
         return tuple(int(x) for x in v)
     if v is None:
         if default is None or key in ("vf_clip", "max_grad_norm", "target_kl", "preset", "run_dir"):
             return None
-        raise bad
+        raise bad()
     if isinstance(default, bool):
         if not isinstance(v, bool):
-            raise bad
+            raise bad()
         return v
     if isinstance(default, int):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise bad
+            raise bad()
         return int(v)
     if isinstance(default, float) or key in ("vf_clip", "max_grad_norm", "target_kl"):
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise bad
+            raise bad()
         return float(v)
     if isinstance(default, str) or key in ("preset", "run_dir"):
         if not isinstance(v, str):
-            raise bad
+            raise bad()
         choices = _literal_choices().get(key)
         if choices and v not in choices:
-            raise ConfigError(f"{label} has value {v!r}; choose one of: {', '.join(choices)}")
+            raise ConfigError(f"{label or f'config key {key!r}'} has value {_short(v)}; choose one of: "
+                              f"{', '.join(choices)}")
         return v
     return v

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
+import optax
 from flax import struct
 
+from ppolab.distributions import Distribution
 from ppolab.normalize import ReturnStats, RunningMeanStd
+
+#: Network parameters: flax's nested mapping {"params": {layer: {"kernel": [in, out], "bias": [out]}}}.
+Params = Mapping[str, Any]
 
 
 class HParams(struct.PyTreeNode):
@@ -24,8 +32,8 @@ class HParams(struct.PyTreeNode):
 class TrainState(struct.PyTreeNode):
     """Everything the learner needs to continue exactly: a checkpoint is this pytree plus the config."""
 
-    params: dict
-    opt_state: tuple
+    params: Params
+    opt_state: optax.OptState  # Adam's moments (and the gradient clip's empty state), shaped like ``params``
     hparams: HParams
     beta: jax.Array            # current KL penalty coefficient (adapted once per update for kl-adaptive)
     obs_stats: RunningMeanStd
@@ -58,7 +66,7 @@ class Batch(struct.PyTreeNode):
     obs: jax.Array          # [N, *obs] normalized
     actions: jax.Array      # [N, *act]
     old_log_prob: jax.Array  # [N] log pi_old(a|s)
-    old_dist: object        # distribution pytree, leaves [N, ...]: pi_old(.|s) for the exact KL
+    old_dist: Distribution  # leaves [N, ...]: pi_old(.|s) for the exact KL
     old_values: jax.Array   # [N] V_old(s)
     advantages: jax.Array   # [N]
     targets: jax.Array      # [N] V^targ = A + V_old

@@ -8,18 +8,22 @@ section 4, the alpha schedule of lr / clip range) run once per update, after the
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from ppolab import advantages as adv_lib
 from ppolab import normalize as norm_lib
+from ppolab import objectives
 from ppolab.config import Config
 from ppolab.networks import ActorCritic
-from ppolab.objectives import SURROGATE_TERMS, PolicyTerms, adapt_beta, value_loss_term
-from ppolab.types import Batch, HParams, Rollout, TrainState
+from ppolab.objectives import PolicyTerms, value_loss_term
+from ppolab.types import Batch, HParams, Params, Rollout, TrainState
 
 METRIC_KEYS = (
     "policy_loss", "value_loss", "entropy", "kl", "approx_kl", "clip_fraction", "explained_variance",
@@ -63,7 +67,7 @@ def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
     return optax.chain(*parts, optax.scale_by_adam(eps=spec.adam_eps))
 
 
-def init_state(spec: LearnerSpec, net: ActorCritic, key, hparams: HParams, num_envs: int) -> TrainState:
+def init_state(spec: LearnerSpec, net: ActorCritic, key: jax.Array, hparams: HParams, num_envs: int) -> TrainState:
     """A fresh single-agent train state (vmap it over keys and hparams for a population)."""
     init_key, key = jax.random.split(key)
     dummy = jnp.zeros((1,) + net.obs.shape, jnp.uint8 if net.obs.image else jnp.float32)
@@ -75,28 +79,28 @@ def init_state(spec: LearnerSpec, net: ActorCritic, key, hparams: HParams, num_e
         env_steps=jnp.asarray(0, jnp.int32), key=key)
 
 
-def alpha(spec: LearnerSpec, iteration):
+def alpha(spec: LearnerSpec, iteration: jax.Array) -> jax.Array:
     """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last)."""
     return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
 
 
-def prepare_obs(spec: LearnerSpec, state: TrainState, obs):
+def prepare_obs(spec: LearnerSpec, state: TrainState, obs: jax.Array) -> jax.Array:
     """Observation as the network sees it (normalized with the frozen running stats when enabled)."""
     if spec.normalize_obs:
         return norm_lib.normalize_obs(state.obs_stats, obs)
     return obs
 
 
-def _all_finite(tree):
+def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _global_norm(tree):
+def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
-def _flat_opt_state(opt_state, params):
+def _flat_opt_state(opt_state: optax.OptState, params: Params) -> tuple[Callable, Callable]:
     """(flatten, unflatten) between the optimizer state of ``params`` and that of ``ravel_pytree(params)``: every
     params-shaped subtree (Adam's mu and nu) becomes one vector and back."""
     treedef = jax.tree_util.tree_structure(params)
@@ -109,7 +113,7 @@ def _flat_opt_state(opt_state, params):
     return to_flat, to_tree
 
 
-def shuffles(key, num: int, n: int):
+def shuffles(key: jax.Array, num: int, n: int) -> jax.Array:
     """``num`` independent uniformly random permutations of range(n): int32 [num, n].
 
     ``jax.random.permutation`` sorts (random key, value) pairs, which XLA CPU does with a comparator call per
@@ -132,12 +136,14 @@ def shuffles(key, num: int, n: int):
     return perm
 
 
-def _take(tree, idx):
+def _take(tree, idx: jax.Array):
     return jax.tree_util.tree_map(lambda x: x[idx], tree)
 
 
-def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout, perm0):
-    """Advantages and the old policy's quantities for a rollout.
+def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout,
+               perm0: jax.Array) -> tuple[Batch, norm_lib.ReturnStats]:
+    """Advantages (eqs. 11-12) and the old policy's quantities for a rollout [T, B]: (Batch of N = T * B samples,
+    updated return statistics). ``perm0``: int32 [N], the first epoch's sample order.
 
     The old policy pi_theta_old is evaluated here, with theta_old = state.params, in exactly the minibatch shapes of
     the first epoch (order ``perm0``), so that on the first minibatch of the first epoch r_t(theta) is exactly 1.
@@ -173,25 +179,55 @@ def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: 
     return batch, ret_stats
 
 
-AUX_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "ratio_min",
-            "ratio_max")  # minibatch diagnostics, in the order of the vector ``loss_fn`` returns
+class Diagnostics(struct.PyTreeNode):
+    """Minibatch diagnostics (scalars). ``loss_fn`` returns one minibatch's; the epochs sum the first six over the
+    minibatches taken and keep the extremes of the ratio."""
+
+    policy_loss: jax.Array      # -L^policy
+    value_loss: jax.Array       # L^VF
+    entropy: jax.Array          # S
+    approx_kl: jax.Array        # k3 estimate of KL[pi_old, pi_theta]: E[(r - 1) - log r]
+    clip_fraction: jax.Array    # fraction of samples with |r - 1| > eps
+    grad_norm: jax.Array        # global norm of the gradient (0 in ``loss_fn``'s output)
+    ratio_min: jax.Array
+    ratio_max: jax.Array
+
+    @classmethod
+    def empty(cls) -> Diagnostics:
+        zero = jnp.asarray(0.0, jnp.float32)
+        return cls(zero, zero, zero, zero, zero, zero, jnp.asarray(jnp.inf, jnp.float32),
+                   jnp.asarray(-jnp.inf, jnp.float32))
+
+    def accumulate(self, mb: Diagnostics) -> Diagnostics:
+        """Running sums (the first six fields), minimum and maximum of the ratio."""
+        return Diagnostics(*(a + b for a, b in zip(self.sums(), mb.sums(), strict=True)),
+                           jnp.minimum(self.ratio_min, mb.ratio_min), jnp.maximum(self.ratio_max, mb.ratio_max))
+
+    def sums(self) -> tuple[jax.Array, ...]:
+        return (self.policy_loss, self.value_loss, self.entropy, self.approx_kl, self.clip_fraction, self.grad_norm)
 
 
-def loss_fn(params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip_eps, beta, hp: HParams):
-    """-L^{policy} + c1 L^VF - c2 S  (eq. 9 with the chosen policy surrogate), and diagnostics.
+#: The summed fields of ``Diagnostics``, reported as means over the minibatches taken.
+MEAN_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 
-    Returns (loss, aux) with aux the vector of ``AUX_KEYS`` (grad_norm left 0). Every E_t[...] of the minibatch is
-    taken in one reduction over stacked per-sample terms (XLA CPU runs one kernel, not one per mean).
+
+def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip_eps: jax.Array, beta: jax.Array,
+            hp: HParams) -> tuple[jax.Array, Diagnostics]:
+    """-L^{policy} + c1 L^VF - c2 S  (eq. 9 with the chosen policy surrogate), and the minibatch's diagnostics.
+
+    Every E_t[...] of the minibatch is taken in one reduction over stacked per-sample terms (XLA CPU runs one
+    kernel, not one per mean).
     """
+    objective = objectives.get(spec.objective)
     dist, values = net.apply(params, mb.obs)
     log_prob = dist.log_prob(mb.actions)
     advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv else mb.advantages
     terms = PolicyTerms(log_prob=log_prob, old_log_prob=mb.old_log_prob, advantages=advantages,
-                        kl=mb.old_dist.kl(dist) if spec.objective.startswith("kl") else None)
+                        kl=mb.old_dist.kl(dist) if objective.needs_kl else None)
     ratio = jax.lax.stop_gradient(terms.ratio)
     log_ratio = jax.lax.stop_gradient(log_prob - mb.old_log_prob)
     per_sample = jnp.stack([
-        SURROGATE_TERMS[spec.objective](terms, clip_eps, beta),                  # L^policy
+        objective.term(terms, clip_eps, beta),                                   # L^policy
         value_loss_term(values, mb.old_values, mb.targets, spec.vf_clip),        # L^VF
         dist.entropy(),                                                          # S
         (ratio - 1.0) - log_ratio,                                               # k3 estimate of the KL
@@ -200,97 +236,139 @@ def loss_fn(params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip_eps, be
     surrogate, v_loss, entropy, approx_kl, clip_fraction = jnp.mean(per_sample, axis=1)
     neg_min, ratio_max = jnp.max(jnp.stack([-ratio, ratio]), axis=1)
     loss = -surrogate + hp.vf_coef * v_loss - hp.ent_coef * entropy
-    aux = jnp.stack([-surrogate, v_loss, entropy, approx_kl, clip_fraction, jnp.zeros_like(loss), -neg_min,
-                     ratio_max])  # in the order of AUX_KEYS
-    return loss, aux
+    return loss, Diagnostics(policy_loss=-surrogate, value_loss=v_loss, entropy=entropy, approx_kl=approx_kl,
+                             clip_fraction=clip_fraction, grad_norm=jnp.zeros_like(loss), ratio_min=-neg_min,
+                             ratio_max=ratio_max)
 
 
-def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout):
-    """One PPO iteration's learning step for one agent. Returns (new state, metrics dict of scalars)."""
-    hp = state.hparams
-    T, B = rollout.rewards.shape
-    N = T * B
-    key, perm_key = jax.random.split(state.key)
-    perms = shuffles(perm_key, spec.num_epochs, N)
-    a = alpha(spec, state.iteration)
-    lr = hp.learning_rate * a if spec.anneal_lr else hp.learning_rate
-    clip_eps = hp.clip_eps * a if spec.anneal_clip else hp.clip_eps
-    beta = state.beta
-    obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
-    reward_ok = _all_finite(rollout.rewards)
-    params_ok = _all_finite(state.params)
-    input_ok = obs_ok & reward_ok
+class StepInputs(struct.PyTreeNode):
+    """What every minibatch step of one update reads (traced)."""
 
-    batch, ret_stats = make_batch(spec, net, state, rollout, perms[0])
+    batch: Batch
+    learning_rate: jax.Array   # lr * alpha (annealed) or lr
+    clip_eps: jax.Array        # eps * alpha (annealed) or eps
+    beta: jax.Array            # the KL penalty coefficient of this update
+    hparams: HParams
+    input_ok: jax.Array        # bool: the rollout's observations and rewards are finite
+
+
+class SGDCarry(struct.PyTreeNode):
+    """The state of the epochs' minibatch loop."""
+
+    params: jax.Array          # ravel_pytree(params): the epochs optimize one flat vector
+    opt_state: optax.OptState  # of the flat vector
+    stopped: jax.Array         # bool: the target-KL early stop has fired
+    sums: Diagnostics          # over the minibatches taken
+    steps: jax.Array           # int32: minibatch steps taken
+    skipped: jax.Array         # int32: steps skipped for a non-finite loss, gradient or result
+    nonfinite_kind: jax.Array  # int32: ``NONFINITE_BITS`` of what was non-finite
+
+
+def _flag_bits(flag: jax.Array, loss_ok: jax.Array, grads_ok: jax.Array, new_ok: jax.Array) -> jax.Array:
+    """The ``NONFINITE_BITS`` of a minibatch step whose update would have been applied (``flag``)."""
+    return jnp.where(flag & ~loss_ok, NONFINITE_BITS["loss"], 0) \
+        | jnp.where(flag & ~grads_ok, NONFINITE_BITS["gradient"], 0) \
+        | jnp.where(flag & ~new_ok, NONFINITE_BITS["parameters"], 0)
+
+
+def sgd_step(spec: LearnerSpec, net: ActorCritic, tx: optax.GradientTransformation, unravel: Callable,
+             inputs: StepInputs, carry: SGDCarry, idx: jax.Array) -> tuple[SGDCarry, None]:
+    """One Adam step on the minibatch ``idx`` (int32 [M]) of ``inputs.batch``; skipped (and counted) when the loss,
+    the gradient or the new parameters are not finite, or once the target-KL early stop has fired."""
+    mb = _take(inputs.batch, idx)
+    flat_loss = lambda p, *a: loss_fn(unravel(p), *a)
+    (loss, diag), grads = jax.value_and_grad(flat_loss, has_aux=True)(
+        carry.params, spec, net, mb, inputs.clip_eps, inputs.beta, inputs.hparams)
+    updates, new_opt = tx.update(grads, carry.opt_state, carry.params)
+    new_params = carry.params - inputs.learning_rate * updates
+    # one scalar per tree, far cheaper than a check per leaf: a norm is finite iff every entry is (or if some
+    # entry is so large that its square overflows, which is as much a reason to skip the batch)
+    grad_norm = _global_norm(grads)
+    loss_ok, grads_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
+    new_ok = jnp.isfinite(_global_norm(new_params))
+    finite = loss_ok & grads_ok & new_ok
+    stopped = carry.stopped
+    if spec.target_kl is not None:  # checked before the step (as SB3)
+        stopped = stopped | (diag.approx_kl > 1.5 * spec.target_kl)
+    take = ~stopped & finite & inputs.input_ok
+    pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
+    running = carry.sums.accumulate(diag.replace(grad_norm=grad_norm))
+    carry = SGDCarry(params=pick(new_params, carry.params), opt_state=pick(new_opt, carry.opt_state),
+                     stopped=stopped, sums=pick(running, carry.sums), steps=carry.steps + take,
+                     skipped=carry.skipped + (~finite & ~stopped),
+                     nonfinite_kind=carry.nonfinite_kind | _flag_bits(~stopped & inputs.input_ok, loss_ok, grads_ok,
+                                                                       new_ok))
+    return carry, None
+
+
+def run_epochs(spec: LearnerSpec, net: ActorCritic, state: TrainState, inputs: StepInputs,
+               perms: jax.Array) -> tuple[Params, optax.OptState, SGDCarry]:
+    """K epochs of minibatch SGD (``perms``: int32 [K, N], one sample order per epoch) from ``state.params``.
+    Returns (params, optimizer state, the loop's final carry)."""
     tx = make_optimizer(spec)
-    n_sum = AUX_KEYS.index("ratio_min")  # summed diagnostics first, then the running ratio_min and ratio_max
-    zero_aux = jnp.asarray([0.0] * n_sum + [jnp.inf, -jnp.inf], jnp.float32)
-
     # The epochs work on one flat parameter vector: Adam, clipping and the finiteness checks are then a handful of
     # kernels per minibatch instead of a handful per parameter array (PureJaxRL-sized step: ~212 -> ~100 kernels).
     flat_params, unravel = ravel_pytree(state.params)
     to_flat_opt, to_tree_opt = _flat_opt_state(state.opt_state, state.params)
-    flat_loss = lambda p, *a: loss_fn(unravel(p), *a)
-
-    def minibatch(carry, idx):
-        params, opt_state, stop, sums, done, bad, kind = carry
-        mb = _take(batch, idx)
-        (loss, aux), grads = jax.value_and_grad(flat_loss, has_aux=True)(params, spec, net, mb, clip_eps, beta, hp)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = params - lr * updates
-        # one scalar per tree, far cheaper than a check per leaf: a norm is finite iff every entry is (or if some
-        # entry is so large that its square overflows, which is as much a reason to skip the batch)
-        grad_norm = _global_norm(grads)
-        loss_ok, grads_ok = jnp.isfinite(loss), jnp.isfinite(grad_norm)
-        new_ok = jnp.isfinite(_global_norm(new_params))
-        finite = loss_ok & grads_ok & new_ok
-        if spec.target_kl is not None:
-            stop = stop | (aux[AUX_KEYS.index("approx_kl")] > 1.5 * spec.target_kl)  # checked before the step (as SB3)
-        take = ~stop & finite & input_ok
-        pick = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(take, n, o), new, old)
-        aux = aux.at[AUX_KEYS.index("grad_norm")].set(grad_norm)
-        running = jnp.concatenate([sums[:n_sum] + aux[:n_sum], jnp.minimum(sums[n_sum:n_sum + 1], aux[n_sum:n_sum + 1]),
-                                   jnp.maximum(sums[n_sum + 1:], aux[n_sum + 1:])])
-        sums = jnp.where(take, running, sums)
-        flag = ~stop & input_ok  # the update would have been applied: record why it was not
-        kind = kind | jnp.where(flag & ~loss_ok, NONFINITE_BITS["loss"], 0) \
-            | jnp.where(flag & ~grads_ok, NONFINITE_BITS["gradient"], 0) \
-            | jnp.where(flag & ~new_ok, NONFINITE_BITS["parameters"], 0)
-        carry = (pick(new_params, params), pick(new_opt, opt_state), stop, sums, done + take,
-                 bad + (~finite & ~stop), kind)
-        return carry, None
+    step = functools.partial(sgd_step, spec, net, tx, unravel, inputs)
 
     def epoch(carry, perm):
-        carry, _ = jax.lax.scan(minibatch, carry, perm.reshape(spec.num_minibatches, -1))
+        carry, _ = jax.lax.scan(step, carry, perm.reshape(spec.num_minibatches, -1))
         return carry, None
 
-    init = (flat_params, to_flat_opt(state.opt_state), jnp.asarray(False), zero_aux, jnp.asarray(0, jnp.int32),
-            jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32))
-    (params, opt_state, _, sums, done, bad, kind), _ = jax.lax.scan(epoch, init, perms)
-    params, opt_state = unravel(params), to_tree_opt(opt_state)
-    kind = kind | jnp.where(obs_ok, 0, NONFINITE_BITS["observation"]) | jnp.where(
+    zero = jnp.asarray(0, jnp.int32)
+    init = SGDCarry(params=flat_params, opt_state=to_flat_opt(state.opt_state), stopped=jnp.asarray(False),
+                    sums=Diagnostics.empty(), steps=zero, skipped=zero, nonfinite_kind=zero)
+    carry, _ = jax.lax.scan(epoch, init, perms)
+    return unravel(carry.params), to_tree_opt(carry.opt_state), carry
+
+
+def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout) -> tuple[TrainState, dict]:
+    """One PPO iteration's learning step for one agent (Algorithm 1): GAE, K epochs of minibatch SGD on the
+    surrogate, then the controllers. Returns (new state, metrics: {``METRIC_KEYS``: scalar})."""
+    hp = state.hparams
+    T, B = rollout.rewards.shape
+    key, perm_key = jax.random.split(state.key)
+    perms = shuffles(perm_key, spec.num_epochs, T * B)
+    a = alpha(spec, state.iteration)
+    obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
+    reward_ok = _all_finite(rollout.rewards)
+    params_ok = _all_finite(state.params)
+    batch, ret_stats = make_batch(spec, net, state, rollout, perms[0])
+    inputs = StepInputs(batch=batch, learning_rate=hp.learning_rate * a if spec.anneal_lr else hp.learning_rate,
+                        clip_eps=hp.clip_eps * a if spec.anneal_clip else hp.clip_eps, beta=state.beta,
+                        hparams=hp, input_ok=obs_ok & reward_ok)
+    params, opt_state, carry = run_epochs(spec, net, state, inputs, perms)
+    kind = carry.nonfinite_kind | jnp.where(obs_ok, 0, NONFINITE_BITS["observation"]) | jnp.where(
         reward_ok, 0, NONFINITE_BITS["reward"]) | jnp.where(params_ok, 0, NONFINITE_BITS["incoming parameters"])
 
     # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
     new_dist, _ = net.apply(params, batch.obs, heads="policy")
     kl = jnp.mean(batch.old_dist.kl(new_dist))
-    new_beta = adapt_beta(beta, kl, hp.kl_target) if spec.objective == "kl-adaptive" else beta
+    controller = objectives.get(spec.objective).controller
+    new_beta = controller(state.beta, kl, hp.kl_target) if controller is not None else state.beta
     obs_stats = state.obs_stats.update(rollout.obs) if spec.normalize_obs else state.obs_stats
     if not spec.normalize_reward:
         ret_stats = state.ret_stats
-    keep_inputs = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(input_ok, n, o), new, old)
+    keep_inputs = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(inputs.input_ok, n, o), new, old)
     obs_stats, ret_stats = keep_inputs((obs_stats, ret_stats), (state.obs_stats, state.ret_stats))
-
-    n = jnp.maximum(done, 1).astype(jnp.float32)
-    var_t = jnp.var(batch.targets)
-    metrics = {k: sums[i] / n for i, k in enumerate(AUX_KEYS[:n_sum])}
-    metrics.update(
-        ratio_min=sums[n_sum], ratio_max=sums[n_sum + 1], kl=kl, beta=beta, learning_rate=lr,
-        clip_eps=clip_eps, minibatches_done=done.astype(jnp.float32),
-        explained_variance=jnp.where(var_t > 0, 1.0 - jnp.var(batch.targets - batch.old_values) / var_t, 0.0),
-        nonfinite_input=(~input_ok).astype(jnp.float32), nonfinite_update=bad.astype(jnp.float32),
-        nonfinite_kind=kind.astype(jnp.float32))
+    metrics = _metrics(inputs, carry, kind, kl)
     new_state = state.replace(params=params, opt_state=opt_state, beta=new_beta, obs_stats=obs_stats,
-                              ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + N,
+                              ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + T * B,
                               key=key)
     return new_state, metrics
+
+
+def _metrics(inputs: StepInputs, carry: SGDCarry, kind: jax.Array, kl: jax.Array) -> dict:
+    """The update's metrics, {``METRIC_KEYS``: scalar}: the minibatch diagnostics averaged over the steps taken."""
+    batch = inputs.batch
+    n = jnp.maximum(carry.steps, 1).astype(jnp.float32)
+    var_t = jnp.var(batch.targets)
+    metrics = {k: getattr(carry.sums, k) / n for k in MEAN_KEYS}
+    metrics.update(
+        ratio_min=carry.sums.ratio_min, ratio_max=carry.sums.ratio_max, kl=kl, beta=inputs.beta,
+        learning_rate=inputs.learning_rate, clip_eps=inputs.clip_eps, minibatches_done=carry.steps.astype(jnp.float32),
+        explained_variance=jnp.where(var_t > 0, 1.0 - jnp.var(batch.targets - batch.old_values) / var_t, 0.0),
+        nonfinite_input=(~inputs.input_ok).astype(jnp.float32), nonfinite_update=carry.skipped.astype(jnp.float32),
+        nonfinite_kind=kind.astype(jnp.float32))
+    return metrics

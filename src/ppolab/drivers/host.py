@@ -9,6 +9,7 @@ does not depend on the other agents in the population.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 from ppolab import xla
 from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
+from ppolab.envs.base import HostVecEnv
 from ppolab.networks import ActorCritic, NumpyPolicy
 from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
@@ -40,8 +42,16 @@ def _numpy_stats(state_np, eps=1e-8):
 
 
 class HostDriver:
-    def __init__(self, cfg: Config, env, net: ActorCritic, spec: LearnerSpec, num_agents: int):
+    """K agents x B actors of a ``HostVecEnv``, stepped in a Python loop (the ``drivers.base.Driver`` contract).
+
+    ``eval_env(n)`` builds the n actors of the final evaluation (in this process, never in Ray workers)."""
+
+    iterations_per_call = 1
+
+    def __init__(self, cfg: Config, env: HostVecEnv, net: ActorCritic, spec: LearnerSpec, num_agents: int,
+                 eval_env: Callable[[int], HostVecEnv]):
         self.cfg, self.env, self.net, self.spec, self.K = cfg, env, net, spec, num_agents
+        self.eval_env = eval_env
         self.B, self.T = cfg.num_envs, cfg.num_steps
         self.obs_spec, self.action_spec = env.obs_spec, env.action_spec
         backend = cfg.act_backend
@@ -75,7 +85,7 @@ class HostDriver:
 
     def precompile(self, state_shapes: TrainState):
         """Compile the update for every group shape now, from the train state's shapes alone (before any agent is
-        initialized: XLA's compiler then starts from a smaller process, see train.py)."""
+        initialized: XLA's compiler then starts from a smaller process, see training.py)."""
         rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
                           truncated=self._trunc, final_obs=self._final, last_obs=self._obs[:, 0])
         for state_g, rollout_g in zip(self.groups.abstract_parts(state_shapes), self.groups.abstract_parts(rollout),
@@ -88,6 +98,9 @@ class HostDriver:
 
     def driver_state(self):
         return None  # Gymnasium envs cannot be snapshotted; a resumed run restarts episodes from derived seeds
+
+    def restore_driver_state(self, tree):  # pragma: no cover - driver_state is always None
+        raise RuntimeError("HostDriver has no state to restore")
 
     # ---- acting ---------------------------------------------------------------------------------------------------
     def _policy(self, state: TrainState):
@@ -140,9 +153,9 @@ class HostDriver:
             all_episodes.append(episodes)
         return state, all_metrics, all_episodes
 
-    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int, make_env) -> np.ndarray:
+    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int) -> np.ndarray:
         """Returns [K, episodes]: the first episode of each of ``episodes`` fresh actors per agent."""
-        env = make_env(episodes)
+        env = self.eval_env(episodes)
         try:
             obs = env.reset(seed)
             policy = self._policy(state)
@@ -161,10 +174,10 @@ class HostDriver:
                     keys = jax.random.split(jax.random.fold_in(key, t), self.K)  # [K] per-agent keys
                     action = np.asarray(self._act(state, jnp.asarray(obs), keys, deterministic=deterministic))
                 obs, _, _, _, _, eps = env.step(action)
-                for agent, b, r, _ in eps:
-                    if alive[agent, b]:
-                        returns[agent, b] = r
-                        alive[agent, b] = False
+                for ep in eps:
+                    if alive[ep.agent, ep.actor]:
+                        returns[ep.agent, ep.actor] = ep.ret
+                        alive[ep.agent, ep.actor] = False
                 t += 1
             return returns
         finally:

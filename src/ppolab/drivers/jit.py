@@ -18,9 +18,10 @@ import numpy as np
 from flax import struct
 
 from ppolab import xla
-from ppolab.config import Config, ConfigError
+from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
-from ppolab.envs import backend_of
+from ppolab.envs.base import Episode
+from ppolab.envs.factory import make_jax_env
 from ppolab.networks import ActorCritic, make_network
 from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
@@ -59,20 +60,6 @@ class Episodes(struct.PyTreeNode):
     count: jax.Array        # [B] int32
     return_sum: jax.Array   # [B] float32
     length_sum: jax.Array   # [B] int32
-
-
-def make_jax_env(cfg: Config):
-    """The gymnax or Brax adapter for ``cfg.env`` (pure single-actor reset/step functions)."""
-    backend, name = backend_of(cfg.env)
-    if backend == "gymnax":
-        from ppolab.envs.gymnax_env import GymnaxEnv
-
-        return GymnaxEnv(name)
-    if backend == "brax":
-        from ppolab.envs.brax_env import BraxEnv
-
-        return BraxEnv(name, backend=cfg.brax_backend)
-    raise ConfigError(f"{cfg.env!r} is not a JAX-native environment; the jitted driver takes gymnax:NAME or brax:NAME")
 
 
 def reset_actors(env, num_envs: int, key) -> ActorState:
@@ -222,8 +209,8 @@ def auto_iterations_per_call(cfg: Config) -> int:
     return min(n, 200)
 
 
-def episodes_to_tuples(episodes: Episodes) -> list[tuple[int, int, float, int]]:
-    """Host side: Episodes of one iteration (numpy leaves [K, B]) -> [(agent, actor, return, length)].
+def episodes_to_tuples(episodes: Episodes) -> list[Episode]:
+    """Host side: Episodes of one iteration (numpy leaves [K, B]) -> [Episode(agent, actor, return, length)].
 
     An actor that finished c > 1 episodes in one rollout contributes c entries with their mean return and length
     (the per-agent mean over the iteration stays exact)."""
@@ -233,12 +220,13 @@ def episodes_to_tuples(episodes: Episodes) -> list[tuple[int, int, float, int]]:
         c = int(count[k, b])
         ret = float(episodes.return_sum[k, b]) / c
         length = int(round(float(episodes.length_sum[k, b]) / c))
-        out.extend([(int(k), int(b), ret, length)] * c)
+        out.extend([Episode(int(k), int(b), ret, length)] * c)
     return out
 
 
 class JitDriver:
-    """K agents x B actors of a gymnax or Brax env, whole iterations compiled (see the module docstring)."""
+    """K agents x B actors of a gymnax or Brax env, whole iterations compiled (see the module docstring; the
+    ``drivers.base.Driver`` contract)."""
 
     def __init__(self, cfg: Config, spec: LearnerSpec, num_agents: int):
         self.cfg, self.spec, self.K = cfg, spec, num_agents
@@ -318,7 +306,7 @@ class JitDriver:
             done += n
         return state, all_metrics, all_episodes
 
-    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int, make_env=None) -> np.ndarray:
+    def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int) -> np.ndarray:
         """[K, episodes]: the first episode of each of ``episodes`` fresh actors per agent (same env seeds for all
         agents; action sampling from each agent's own key)."""
         returns = _evaluate_population(self.env, self.spec, self.net, episodes, deterministic, state,

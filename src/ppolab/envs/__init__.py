@@ -1,25 +1,13 @@
 """Environment back-ends, chosen by the env id's prefix: ``gymnax:``, ``brax:``, ``envpool:``, else Gymnasium.
 
-Optional back-ends are imported lazily, so a missing extra only matters when its prefix is used.
+``factory.py`` builds the environment a config names; ``base.py`` holds the contracts drivers rely on. Importing
+this package imports no environment library: each back-end is imported when it is used.
 """
 
 from __future__ import annotations
 
-from ppolab.envs import probes
-from ppolab.envs.gymnasium_vec import EnvError, check_env_id
+from ppolab.config import ENV_PREFIXES as PREFIXES
+from ppolab.config import backend_of
+from ppolab.envs.errors import EnvError, EnvWorkerError
 
-probes.register()
-
-PREFIXES = ("gymnax", "brax", "envpool")
-
-
-def backend_of(env_id: str) -> tuple[str, str]:
-    """'gymnax:CartPole-v1' -> ('gymnax', 'CartPole-v1'); 'Hopper-v5' -> ('gymnasium', 'Hopper-v5')."""
-    if ":" in env_id:
-        prefix, name = env_id.split(":", 1)
-        if prefix in PREFIXES:
-            return prefix, name
-    return "gymnasium", env_id
-
-
-__all__ = ["EnvError", "backend_of", "check_env_id", "PREFIXES"]
+__all__ = ["EnvError", "EnvWorkerError", "backend_of", "PREFIXES"]

@@ -1,4 +1,5 @@
-"""Atari as in the paper (section 6.2, Table 5): presets and the standard preprocessing, from Gymnasium's wrappers.
+"""Atari as in the paper (section 6.2): the standard preprocessing, from Gymnasium's wrappers (the Table 5
+presets are data in ``ppolab.presets``).
 
 The paper used OpenAI baselines' Atari wrappers on the ``*NoFrameskip-v4`` games. The same pipeline here, innermost
 first (one Gymnasium env per actor; ``GymnasiumVecEnv`` applies the list through ``gymnasium.make_vec``):
@@ -23,33 +24,6 @@ import functools
 
 import gymnasium as gym
 import numpy as np
-
-from ppolab.config import register_preset
-
-#: The paper's Atari hyperparameters (Table 5). alpha is annealed from 1 to 0: Adam step 2.5e-4 x alpha and clip
-#: eps 0.1 x alpha. 8 actors x T=128 = 1024 samples; minibatch 32 x 8 = 256 -> 4 minibatches; 3 epochs; c1 = 1,
-#: c2 = 0.01; shared Nature CNN. 10M agent steps = 40M frames (Table 6). Nothing else from ppo2 (no gradient or value
-#: clipping, no advantage normalization). Evaluation samples actions (a deterministic Atari policy can stall, e.g.
-#: never pressing FIRE).
-PAPER_ATARI = dict(
-    env="ALE/Breakout-v5", total_timesteps=10_000_000, num_envs=8, num_steps=128, num_epochs=3, num_minibatches=4,
-    learning_rate=2.5e-4, anneal_lr=True, clip_eps=0.1, anneal_clip=True, vf_coef=1.0, ent_coef=0.01, gamma=0.99,
-    gae_lambda=0.95, norm_adv=False, vf_clip=None, max_grad_norm=None, adam_eps=1e-8, shared_torso=True,
-    normalize_obs=False, normalize_reward=False, eval_deterministic=False,
-)
-
-#: openai/baselines ppo2 Atari defaults: 4 epochs, 4 minibatches, constant clip 0.1 (also clipping the value
-#: update), lr 2.5e-4 annealed, ent 0.01, gradient-norm clip 0.5, Adam eps 1e-5, advantages normalized per
-#: minibatch. ppo2's loss has 0.5 * vf_coef * (V - R)^2 with vf_coef 0.5, which is c1 = 0.25 in eq. 9's form.
-PPO2_ATARI = dict(
-    env="ALE/Breakout-v5", total_timesteps=10_000_000, num_envs=8, num_steps=128, num_epochs=4, num_minibatches=4,
-    learning_rate=2.5e-4, anneal_lr=True, clip_eps=0.1, anneal_clip=False, vf_coef=0.25, ent_coef=0.01, gamma=0.99,
-    gae_lambda=0.95, norm_adv=True, vf_clip=0.1, max_grad_norm=0.5, adam_eps=1e-5, shared_torso=True,
-    normalize_obs=False, normalize_reward=False, eval_deterministic=False,
-)
-
-register_preset("paper-atari", PAPER_ATARI)
-register_preset("ppo2-atari", PPO2_ATARI)
 
 _REGISTERED = False
 

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ppolab.config import ConfigError
+from ppolab.envs.base import Episode
 from ppolab.spaces import ActionSpec, ObsSpec, action_spec_from_gymnasium, obs_spec_from_gymnasium
 
 
@@ -39,7 +40,7 @@ class EnvpoolVecEnv:
     """K agents x B actors of one envpool task as one synchronous pool; arrays come out as [K, B, ...].
 
     Same interface as ``GymnasiumVecEnv``: ``reset(seed)`` and ``step(actions)`` -> (next_obs, reward, terminated,
-    truncated, final_obs, episodes as [(agent, actor, return, length)]). envpool fixes seeds at creation (env i gets
+    truncated, final_obs, episodes as ``Episode``s). envpool fixes seeds at creation (env i gets
     seed + i), so ``reset`` re-creates the pool when asked for another base seed.
     """
 
@@ -109,7 +110,7 @@ class EnvpoolVecEnv:
             obs = obs.copy()
             obs[np.asarray(reset_info["env_id"])] = self._obs(reset_obs)
             for i in done_ids:
-                episodes.append((int(i) // self.B, int(i) % self.B, float(self._ret[i]), int(self._len[i])))
+                episodes.append(Episode(int(i) // self.B, int(i) % self.B, float(self._ret[i]), int(self._len[i])))
             self._ret[done_ids] = 0
             self._len[done_ids] = 0
         return (self._shape(obs), self._shape(rew.astype(np.float32)), self._shape(term), self._shape(trunc),

@@ -11,29 +11,64 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 
+from ppolab.envs import probes
+from ppolab.envs.base import Episode
+from ppolab.envs.errors import EnvError
 from ppolab.spaces import ActionSpec, ObsSpec, action_spec_from_gymnasium, obs_spec_from_gymnasium
 
 
-class EnvError(ValueError):
-    """The environment id or the environment itself is unusable; the message says what to do."""
+def import_env_module(env_id: str) -> str:
+    """Gymnasium's module-import form: for 'my_module:MyEnv-v0' import ``my_module`` (which registers its envs; the
+    working directory is searched too, as ``python -m`` would) and return the registered id 'MyEnv-v0'. Any other id
+    is returned unchanged. ``EnvError`` if the module cannot be imported."""
+    if ":" not in env_id:
+        return env_id
+    module, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if os.getcwd() in sys.path or e.name != module.split(".")[0]:
+            raise EnvError(f"--env {env_id!r}: cannot import module {module!r} ({e}); put it on PYTHONPATH") from None
+        sys.path.append(os.getcwd())
+        return import_env_module(env_id)
+    except Exception as e:  # noqa: BLE001 - a user's module failing at import: name it, one line
+        raise EnvError(f"--env {env_id!r}: importing module {module!r} failed: {type(e).__name__}: {e}") from None
+    return name
 
 
-class EnvWorkerError(RuntimeError):
-    """A process that steps environments for the trainer died (a Ray worker, see ``envs/ray_vec.py``)."""
+def module_root(env_id: str) -> str | None:
+    """The sys.path entry that ``import_env_module`` found the module of ``env_id`` under (for Ray workers)."""
+    if ":" not in env_id:
+        return None
+    module = sys.modules.get(env_id.split(":", 1)[0])
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return None
+    root = Path(path).resolve().parent
+    for _ in range(env_id.split(":", 1)[0].count(".") + (Path(path).name == "__init__.py")):
+        root = root.parent
+    return str(root)
 
 
 def check_env_id(env_id: str) -> None:
     """Raise ``EnvError`` for an id Gymnasium does not know, before anything is created or written."""
     import gymnasium as gym
 
+    probes.register()
+    name = import_env_module(env_id)
     try:
-        gym.spec(env_id)
+        gym.spec(name)
     except gym.error.Error as e:
         raise EnvError(f"unknown environment id {env_id!r}: {e} Use a registered Gymnasium id (e.g. CartPole-v1, "
-                       "Hopper-v5) or a prefixed one (gymnax:CartPole-v1, brax:hopper, envpool:Hopper-v4)") from None
+                       "Hopper-v5), my_module:MyEnv-v0 for your own, or a prefixed one (gymnax:CartPole-v1, "
+                       "brax:hopper, envpool:Hopper-v4)") from None
 
 
 def _needs_flatten(space) -> bool:
@@ -60,7 +95,7 @@ def _has_numpy_cartpole_vector(env_id: str) -> bool:
     """Whether Gymnasium's vector entry point of ``env_id`` is its numpy CartPole (CartPole-v0, CartPole-v1)."""
     import gymnasium as gym
 
-    entry = gym.spec(env_id).vector_entry_point
+    entry = gym.spec(import_env_module(env_id)).vector_entry_point
     if isinstance(entry, str):
         return entry == _CARTPOLE_VECTOR_ENTRY_POINT
     from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
@@ -95,7 +130,7 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
                            "applied; use --vector-mode sync")
         # Gymnasium's own construction from the registered spec (its kwargs, max_episode_steps: 500 for v1, 200 for
         # v0), with the vector entry point swapped for the SAME_STEP subclass.
-        spec = dataclasses.replace(gym.spec(env_id), vector_entry_point=_same_step_cartpole_class())
+        spec = dataclasses.replace(gym.spec(import_env_module(env_id)), vector_entry_point=_same_step_cartpole_class())
         return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
     wrappers = list(wrappers or [])
     probe = _make_one(env_id, env_kwargs or {}, wrappers)
@@ -240,19 +275,12 @@ class GymnasiumVecEnv:
     """
 
     def __init__(self, env_id: str, num_agents: int, num_envs: int, mode: str = "sync", env_kwargs=None,
-                 wrappers=None, episode_info: bool = False, ray_workers: int = 0, ray_address: str = "",
-                 ray_worker_cpus: float = 1.0):
+                 wrappers=None, episode_info: bool = False, vector_env=None):
         self.env_id, self.K, self.B = env_id, num_agents, num_envs
         self.episode_info = episode_info
-        if ray_workers:  # the same sub-envs, stepped by Ray actors (envs/ray_vec.py)
-            from ppolab.envs.ray_vec import RayVectorEnv
-
-            check_env_id(env_id)
-            check_vector_mode(env_id, mode)
-            self.env = RayVectorEnv(env_id, num_agents * num_envs, ray_workers, mode, env_kwargs, wrappers,
-                                    ray_address, ray_worker_cpus)
-        else:
-            self.env = make_gymnasium_vec(env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
+        # the K x B sub-envs: in this process, or ``vector_env`` built elsewhere (e.g. Ray actors, envs/factory.py)
+        self.env = vector_env if vector_env is not None else make_gymnasium_vec(
+            env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
         self.obs_spec: ObsSpec = obs_spec_from_gymnasium(self.env.single_observation_space)
         self.action_spec: ActionSpec = action_spec_from_gymnasium(self.env.single_action_space)
         spec = self.action_spec
@@ -274,7 +302,7 @@ class GymnasiumVecEnv:
 
     def step(self, actions: np.ndarray):
         """actions [K, B, ...] -> next_obs, reward, terminated, truncated, final_obs [K, B, ...], finished episodes
-        as a list of (agent, actor, return, length)."""
+        as a list of ``Episode``."""
         flat = actions.reshape((self.K * self.B,) + actions.shape[2:])
         if self._low is not None:  # Box: execute the clipped action, the unclipped one is what was stored
             flat = np.minimum(np.maximum(flat, self._low), self._high)  # np.clip's wrapper costs ~3 us a call
@@ -290,7 +318,7 @@ class GymnasiumVecEnv:
         if "episode" in ended:
             ep = ended["episode"]
             for i in np.flatnonzero(ended["_episode"]):
-                episodes.append((i // self.B, i % self.B, float(ep["r"][i]), int(ep["l"][i])))
+                episodes.append(Episode(i // self.B, i % self.B, float(ep["r"][i]), int(ep["l"][i])))
         if "final_obs" in info:  # SAME_STEP autoreset: present exactly when some episode ended
             final = obs.copy()
             mask = info["_final_obs"]
@@ -298,7 +326,7 @@ class GymnasiumVecEnv:
                 final[i] = info["final_obs"][i]
             for i in np.flatnonzero(term | trunc):
                 if not self.episode_info:
-                    episodes.append((i // self.B, i % self.B, float(self._ret[i]), int(self._len[i])))
+                    episodes.append(Episode(i // self.B, i % self.B, float(self._ret[i]), int(self._len[i])))
                 self._ret[i] = 0
                 self._len[i] = 0
         return (self._shape(obs), self._shape(rew.astype(np.float32)), self._shape(term), self._shape(trunc),

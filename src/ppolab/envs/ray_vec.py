@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from flax import serialization
 
-from ppolab.envs.gymnasium_vec import EnvError, EnvWorkerError
+from ppolab.envs.errors import EnvError, EnvWorkerError
 
 
 def import_ray():
@@ -53,10 +53,16 @@ def init_ray(address: str = ""):
 class ShardWorker:
     """One Ray actor's shard: a local vector env of ``num_envs`` sub-envs (``make_gymnasium_vec``)."""
 
-    def __init__(self, env_id: str, num_envs: int, mode: str, env_kwargs: dict | None, wrappers: list | None):
+    def __init__(self, env_id: str, num_envs: int, mode: str, env_kwargs: dict | None, wrappers: list | None,
+                 sys_path: list[str] | None = None):
+        import sys
+
         from ppolab.envs import atari
         from ppolab.envs.gymnasium_vec import make_gymnasium_vec
 
+        for p in sys_path or []:  # where the trainer found a user's env module (``--env my_module:MyEnv-v0``)
+            if p not in sys.path:
+                sys.path.append(p)
         if atari.is_atari(env_id):  # this process has not registered ALE's ids yet
             atari.register_ale()
         self.env = make_gymnasium_vec(env_id, num_envs, mode, env_kwargs, wrappers)
@@ -98,7 +104,7 @@ class RayVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, num_workers: int, mode: str = "sync",
                  env_kwargs: dict | None = None, wrappers: list | None = None, address: str = "",
-                 worker_cpus: float = 1.0, compiled: bool = True):
+                 worker_cpus: float = 1.0, compiled: bool = True, sys_path: list[str] | None = None):
         if num_workers > num_envs:
             raise EnvError(f"--ray-workers {num_workers} is more than the {num_envs} environments to step (num_envs "
                            f"x agents); use at most {num_envs} workers")
@@ -117,7 +123,8 @@ class RayVectorEnv:
             bounds = np.linspace(0, num_envs, num_workers + 1).round().astype(int)
             self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             actor = ray.remote(num_cpus=worker_cpus)(ShardWorker)
-            self.workers = [actor.remote(env_id, s.stop - s.start, mode, env_kwargs, wrappers) for s in self.slices]
+            self.workers = [actor.remote(env_id, s.stop - s.start, mode, env_kwargs, wrappers, sys_path)
+                            for s in self.slices]
             spaces = self._get([w.spaces.remote() for w in self.workers])
         except BaseException:
             self.close()

@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
 
 #: Table 1 of the paper: average normalized score of each setting (21 runs each), keyed by our setting names.
 PAPER_TABLE1: dict[str, float] = {
@@ -98,3 +102,48 @@ def table(normalized: Mapping[tuple[str, str, int], float], settings: Iterable[s
 def _nanmean(values: Iterable[float]) -> float:
     vals = [x for x in values if not math.isnan(x)]
     return math.fsum(vals) / len(vals) if vals else math.nan
+
+
+# ---- the random policy (normalized score 0) ----------------------------------------------------------------------
+def random_policy_score(env_id: str, episodes: int, seed: int) -> dict:
+    """Mean total reward of ``episodes`` episodes of uniform random actions (episode i reset with seed + i)."""
+    import gymnasium as gym
+
+    from ppolab.envs import atari
+
+    if atari.is_atari(env_id):  # the agents' game dynamics, scored by the true reward
+        env = atari.make_atari(env_id, clip_reward=False, episodic_life=False)
+    else:
+        env = gym.make(env_id)
+    try:
+        space = env.action_space
+        space.seed(seed)
+        rng = np.random.default_rng(seed)
+        box = isinstance(space, gym.spaces.Box)
+        returns = []
+        for i in range(episodes):
+            env.reset(seed=seed + i)
+            total, done = 0.0, False
+            while not done:
+                a = rng.uniform(space.low, space.high).astype(space.dtype) if box else space.sample()
+                _, r, term, trunc, _ = env.step(a)
+                total += float(r)
+                done = term or trunc
+            returns.append(total)
+    finally:
+        env.close()
+    return {"score": run_score(returns, last=episodes), "episodes": episodes, "seed": seed,
+            "policy": "uniform random actions", "returns": returns}
+
+
+def random_scores(envs: list[str], episodes: int, seed: int, out: Path, say) -> dict:
+    """random.json in ``out``: computed once per (env, episodes, seed) and reused on reruns."""
+    path = out / "random.json"
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    for env in envs:
+        c = cache.get(env)
+        if c is None or c.get("episodes") != episodes or c.get("seed") != seed:
+            say(f"random policy on {env}: {episodes} episodes, seed {seed}")
+            cache[env] = random_policy_score(env, episodes, seed)
+            path.write_text(json.dumps(cache, indent=1))
+    return {env: cache[env] for env in envs}

@@ -1,0 +1,68 @@
+"""One factory for every environment back-end: ``Config.env`` -> the environment a driver steps.
+
+``make_host_env`` builds a ``HostVecEnv`` (Gymnasium sub-envs in this process or in Ray actors, envpool) for the
+Python-loop driver; ``make_jax_env`` a ``JaxEnv`` (gymnax, Brax) for the jitted driver. Which of Ray or in-process
+sub-envs is decided here, not inside the Gymnasium adapter. Optional back-ends are imported when used.
+"""
+
+from __future__ import annotations
+
+from ppolab.config import Config, ConfigError, backend_of
+from ppolab.envs.base import HostVecEnv, JaxEnv
+from ppolab.options import parse_env_kwargs
+from ppolab.signals import WorkersIgnoreStopSignals
+
+HOST_BACKENDS = ("gymnasium", "envpool")
+JAX_BACKENDS = ("gymnax", "brax")
+
+
+def make_host_env(cfg: Config, num_agents: int, num_envs: int, distributed: bool = True) -> HostVecEnv:
+    """``num_agents`` x ``num_envs`` actors of ``cfg.env``; in ``cfg.ray_workers`` Ray actors where set and
+    ``distributed`` (the final evaluation's few envs run in this process)."""
+    backend, name = backend_of(cfg.env)
+    if backend == "gymnasium":
+        return _gymnasium(cfg, name, num_agents, num_envs, distributed)
+    if backend == "envpool":
+        from ppolab.envs import envpool_vec
+
+        return envpool_vec.EnvpoolVecEnv(name, num_agents, num_envs)
+    raise ConfigError(f"{cfg.env!r} is a JAX-native environment: it runs in the jitted driver, not the host loop")
+
+
+def _gymnasium(cfg: Config, name: str, num_agents: int, num_envs: int, distributed: bool) -> HostVecEnv:
+    from ppolab.envs import atari
+    from ppolab.envs.gymnasium_vec import GymnasiumVecEnv, check_env_id, check_vector_mode, module_root
+
+    check_env_id(name)
+    check_vector_mode(name, cfg.vector_mode)
+    extra = atari.vec_kwargs(name) if atari.is_atari(name) else {}
+    env_kwargs = {**extra.pop("env_kwargs", {}), **parse_env_kwargs(cfg.env_kwargs)}
+    with WorkersIgnoreStopSignals():
+        vector_env = None
+        if cfg.ray_workers and distributed:
+            from ppolab.envs.ray_vec import RayVectorEnv
+
+            root = module_root(name)
+            vector_env = RayVectorEnv(name, num_agents * num_envs, cfg.ray_workers, cfg.vector_mode, env_kwargs,
+                                      extra.get("wrappers"), cfg.ray_address, cfg.ray_worker_cpus,
+                                      sys_path=[root] if root else None)
+        return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, env_kwargs, extra.get("wrappers"),
+                               extra.get("episode_info", False), vector_env=vector_env)
+
+
+def make_jax_env(cfg: Config) -> JaxEnv:
+    """The gymnax or Brax adapter for ``cfg.env`` (pure single-actor reset/step functions)."""
+    backend, name = backend_of(cfg.env)
+    if backend == "gymnax":
+        from ppolab.envs.gymnax_env import GymnaxEnv
+
+        return GymnaxEnv(name)
+    if backend == "brax":
+        from ppolab.envs.brax_env import BraxEnv
+
+        return BraxEnv(name, backend=cfg.brax_backend)
+    raise ConfigError(f"{cfg.env!r} is not a JAX-native environment; the jitted driver takes gymnax:NAME or brax:NAME")
+
+
+def is_jax_native(cfg: Config) -> bool:
+    return backend_of(cfg.env)[0] in JAX_BACKENDS

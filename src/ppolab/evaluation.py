@@ -1,0 +1,49 @@
+"""Evaluation of a finished or stopped run from its directory (``ppolab eval``, ``ppolab.evaluate``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppolab import checkpoint as ckpt_lib
+from ppolab.assembly import init_population, make_driver, net_signature
+from ppolab.config import ConfigError, agent_table
+from ppolab.rundir import load_run_config
+from ppolab.training import enable_compilation_cache
+
+
+def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
+                 video: bool = False) -> dict:
+    """Reload the newest good checkpoint of ``run_dir`` and evaluate every agent. Returns a dict of results."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if episodes <= 0:
+        raise ConfigError(f"--episodes must be a positive integer (got {episodes})")
+    rows = agent_table(cfg)
+    K = len(rows)
+    enable_compilation_cache(cfg.compile_cache)
+    driver, net, spec = make_driver(cfg, K)
+    try:
+        template = {"train_state": init_population(cfg, net, spec, rows), "driver_state": driver.driver_state()}
+        tree, header, path = ckpt_lib.restore_latest(run_dir / "checkpoints", template,
+                                                     {"network": net_signature(net), "agents": K},
+                                                     warn=lambda m: print(m, file=sys.stderr))
+        state = jax.tree_util.tree_map(jnp.asarray, tree["train_state"])
+        returns = driver.evaluate(state, episodes, deterministic, seed)
+        out = {"run_dir": str(run_dir), "checkpoint": path.name, "iteration": header["iteration"],
+               "episodes": episodes, "deterministic": deterministic,
+               "eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+               "agents": [{"agent": k, "eval_return_mean": float(np.mean(returns[k])),
+                           "eval_return_std": float(np.std(returns[k]))} for k in range(K)]}
+        if video:
+            from ppolab.evaluate import record_video
+
+            out["video"] = str(record_video(cfg, net, spec, state, run_dir / "videos", seed=seed))
+        return out
+    finally:
+        driver.close()

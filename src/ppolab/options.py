@@ -1,0 +1,97 @@
+"""Options that apply: an option that would change nothing for the chosen objective or environment back-end is
+refused with a one-line error naming it and where it applies; ``--env-kwargs`` parsing.
+
+An option counts as *set* when its value differs from the one the defaults and the preset give (so a preset's own
+values are never refused), and a coefficient counts as *swept* when it has more than one value: a sweep of a
+coefficient the objective never reads would train identical agents.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ppolab import objectives
+from ppolab.config import Config, ConfigError, apply_preset, backend_of, sweep_values
+
+#: Back-end options and the environment back-ends they act on.
+BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
+    "act_backend": ("gymnasium", "envpool"),
+    "vector_mode": ("gymnasium",),
+    "env_kwargs": ("gymnasium",),
+    "ray_workers": ("gymnasium",),
+    "ray_address": ("gymnasium",),
+    "ray_worker_cpus": ("gymnasium",),
+    "iterations_per_call": ("gymnax", "brax"),
+    "brax_backend": ("brax",),
+}
+#: Options that only act together with another one (option -> the other).
+NEEDS = {"ray_address": "ray_workers", "ray_worker_cpus": "ray_workers"}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{x:g}" for x in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_options_apply(cfg: Config) -> None:
+    """Raise ``ConfigError`` for the first option of ``cfg`` that would do nothing (see the module docstring)."""
+    base = apply_preset(Config(preset=cfg.preset))
+    record = objectives.get(cfg.objective)
+    values = sweep_values(cfg)
+    for name in objectives.OBJECTIVE_COEFFICIENTS:
+        if name in record.coefficients:
+            continue
+        users = [o.name for o in objectives.OBJECTIVES.values() if name in o.coefficients]
+        value = getattr(cfg, name)
+        if name in values and len(values[name]) > 1:
+            raise ConfigError(f"{_flag(name)} {_shown(value)} sweeps a coefficient that --objective {cfg.objective} "
+                              f"does not use: the agents would be identical; it applies to --objective "
+                              f"{' / '.join(users)}")
+        if value != getattr(base, name):
+            raise ConfigError(f"{_flag(name)} {_shown(value)} does nothing with --objective {cfg.objective}; it "
+                              f"applies to --objective {' / '.join(users)}")
+    backend = backend_of(cfg.env)[0]
+    for name, backends in BACKEND_OPTIONS.items():
+        value = getattr(cfg, name)
+        if value == getattr(base, name):
+            continue
+        if backend not in backends:
+            raise ConfigError(f"{_flag(name)} {_shown(value):.60} does nothing with {cfg.env!r} (a {backend} env); it "
+                              f"applies to {' and '.join(backends)} environments")
+        other = NEEDS.get(name)
+        if other is not None and not getattr(cfg, other):
+            raise ConfigError(f"{_flag(name)} {_shown(value):.60} does nothing without {_flag(other)}")
+    parse_env_kwargs(cfg.env_kwargs)
+
+
+def parse_env_kwargs(text: str) -> dict:
+    """``--env-kwargs``: '' -> {}; a JSON object; or 'key=value,key2=value2' (each value read as JSON where it
+    parses, e.g. numbers and true/false, else kept as a string). ``ConfigError`` names the bad part."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            out = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--env-kwargs {text[:80]!r} is not valid JSON: {e.msg} at character {e.pos}") from None
+        if not isinstance(out, dict):
+            raise ConfigError(f"--env-kwargs {text[:80]!r} must be a JSON object")
+        return out
+    out = {}
+    for part in text.split(","):
+        key, eq, raw = part.partition("=")
+        key = key.strip()
+        if not eq or not key.isidentifier():
+            raise ConfigError(f"--env-kwargs: {part.strip()[:60]!r} is not key=value (e.g. --env-kwargs "
+                              "max_episode_steps=100,render_mode=rgb_array, or a JSON object)")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw.strip()
+    return out
