@@ -198,6 +198,7 @@ def test_resume_of_run_with_foreign_checkpoints_fails_cleanly(run, tmp_path, cap
     (foreign / "checkpoints" / src.name).write_bytes(src.read_bytes())
     before = sorted((p.name, p.stat().st_mtime_ns) for p in foreign.rglob("*"))
     code = cli_main(["train", "--resume", str(foreign)])
+    (foreign / ".ppolab.lock").unlink()  # the run directory's lock (runlock.py), taken before the checkpoint is read
     err = capsys.readouterr().err
     assert code == 2, err
     last = err.strip().splitlines()[-1]
@@ -345,6 +346,7 @@ def test_resume_ignores_malformed_host_counters(run, tmp_path, host):
     newest = copy_dir / "checkpoints" / "ckpt-00000010.ppolab"
     header, payload = ck.read_header(newest)
     _forge(newest, dict(header, host=host), payload)
+    (copy_dir / "summary.json").unlink()  # as if stopped before its summary (a finished run is not resumed)
     res = train(Config(), resume=copy_dir)
     assert int(np.asarray(res.state.iteration)[0]) == 10 and res.summary["episodes"] == 0
 

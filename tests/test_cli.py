@@ -27,7 +27,7 @@ def test_train_writes_every_artifact_and_eval_reloads(tmp_path, capsys):
     assert main(["eval", str(run), "--episodes", "3", "--video"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["episodes"] == 3 and out["eval_return_mean"] > 0
-    assert (run / "videos" / "episode.gif").stat().st_size > 1000
+    assert (run / "videos" / "episode.mp4").stat().st_size > 1000
 
 
 def test_preset_then_flags_override(tmp_path):

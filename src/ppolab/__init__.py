@@ -3,6 +3,8 @@
     import ppolab
     result = ppolab.train(ppolab.Config(env="CartPole-v1"))
     result.summary["eval_return_mean"]
+    policy = ppolab.load(result.run_dir)        # no env, no optimizer
+    action, _ = policy.predict(obs)
 """
 
 from ppolab.config import PRESETS, Config, ConfigError
@@ -33,4 +35,12 @@ def evaluate(run_dir, episodes: int = 10, deterministic: bool = True, seed: int 
     return evaluate_run(run_dir, episodes, deterministic, seed)
 
 
-__all__ = ["Config", "ConfigError", "PRESETS", "TrainResult", "train", "evaluate", "__version__"]
+def load(run_dir, agent: int = 0, seed: int = 0):
+    """The trained policy of a run directory (newest good checkpoint): ``predict(obs, state=None,
+    deterministic=True) -> (actions, state)`` and ``value(obs)``. See ``ppolab.policy``."""
+    from ppolab.policy import load as _load
+
+    return _load(run_dir, agent=agent, seed=seed)
+
+
+__all__ = ["Config", "ConfigError", "PRESETS", "TrainResult", "train", "evaluate", "load", "__version__"]

@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ppolab import resources
 from ppolab.config import SWEEPABLE, Config
 from ppolab.drivers.base import Driver
 from ppolab.envs.factory import is_jax_native, make_host_env
@@ -24,9 +25,14 @@ def make_driver(cfg: Config, num_agents: int) -> tuple[Driver, ActorCritic, Lear
         from ppolab.drivers.jit import JitDriver
 
         driver = JitDriver(cfg, spec, num_agents)
+        if resources.needs_probe(cfg, num_agents):
+            resources.check_fits(cfg, num_agents, driver.obs_spec, driver.action_spec)
         return driver, driver.net, spec
     from ppolab.drivers.host import HostDriver
 
+    if resources.needs_probe(cfg, num_agents):  # before a single one of many envs is built
+        one = functools.partial(make_host_env, cfg.replace(ray_workers=0), 1, 1, distributed=False)
+        resources.check_fits(cfg, num_agents, *resources.probe_host_env(one))
     env = make_host_env(cfg, num_agents, cfg.num_envs)
     try:
         net = make_network(cfg, env.obs_spec, env.action_spec)

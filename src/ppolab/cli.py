@@ -1,7 +1,8 @@
-"""Command line: ``ppolab train | eval | compare | plot``. Built on tyro: the Config field docstrings are the help.
+"""Command line: ``ppolab train | eval | export | report | compare | figures | plot`` (tyro; Config docstrings: help).
 
 Bad input never produces a traceback: a one-line ``ppolab: error: ...`` naming the value and what is allowed, exit
-code 2, and nothing written.
+code 2, and nothing written. A fault during a run (an env failing, a full disk, non-finite values) is a one-line
+error with exit code 1, the last good checkpoint kept; SIGINT / SIGTERM stop with a final checkpoint, exit 130 / 143.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import tyro
 from ppolab.config import SWEEPABLE, Config, ConfigError
 from ppolab.experiments import grid
 
-USAGE = """usage: ppolab {train,eval,compare,plot} [options]
+USAGE = """usage: ppolab {train,eval,export,report,compare,figures,plot} [options]
 
   train     train an agent (default: CartPole-v1); --help lists every option
-  eval      evaluate a run directory's checkpoint: ppolab eval RUN_DIR [--episodes N]
+  eval      evaluate a run directory's checkpoint: ppolab eval RUN_DIR [--episodes N] [--video]
+  export    the trained policy as an ONNX model: ppolab export RUN_DIR [--with-value] [--out FILE]
+  report    (re)write RUN_DIR/report.html, one self-contained page (a run or a ppolab compare directory)
   compare   the paper's Table 1 comparison of surrogate objectives (normalized scores)
+  figures   the paper's Figures 1 and 2 from ppolab's objectives and a real Hopper batch
   plot      redraw a run directory's learning curve
 """
 
@@ -94,35 +98,6 @@ def _explicit_fields(argv: list[str]) -> set[str]:
     return out
 
 
-def load_config_file(path: str) -> dict:
-    """YAML or TOML file of Config keys (dashes or underscores)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config {path!r} does not exist or is not a file")
-    text = p.read_text()
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif p.suffix.lower() in (".yaml", ".yml", ".json"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"--config {path!r}: unknown file type {p.suffix!r}; use .yaml, .yml, .toml or .json")
-    except ConfigError:
-        raise
-    except Exception as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ConfigError(f"--config {path!r} cannot be parsed: {first}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path!r} must hold a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
 def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
     out, value, i = [], None, 0
     while i < len(argv):
@@ -143,6 +118,7 @@ def _pop_option(argv: list[str], name: str) -> tuple[list[str], str | None]:
 
 def parse_train_args(argv: list[str]) -> tuple[Config, set[str], str | None]:
     from ppolab.config import from_dict
+    from ppolab.config_file import load_config_file
 
     argv, resume = _pop_option(argv, "--resume")
     argv, config_file = _pop_option(argv, "--config")
@@ -169,7 +145,9 @@ class EvalArgs:
     seed: int = 12345
     """Seed of the evaluation episodes."""
     video: bool = False
-    """Also record one episode of agent 0 to RUN_DIR/videos (GIF)."""
+    """Also record one episode of agent 0 to RUN_DIR/videos (MP4, H.264; pip install 'ppolab[video]')."""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """Container of the --video recording."""
 
 
 @dataclasses.dataclass
@@ -246,7 +224,8 @@ def cmd_eval(argv: list[str]) -> int:
     args = _tyro_parse(EvalArgs, argv, "ppolab eval")
     if not Path(args.run_dir).is_dir():
         raise ConfigError(f"run directory {args.run_dir!r} does not exist")
-    out = evaluate_run(args.run_dir, args.episodes, not args.stochastic, args.seed, video=args.video)
+    out = evaluate_run(args.run_dir, args.episodes, not args.stochastic, args.seed, video=args.video,
+                       video_format=args.video_format)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -282,7 +261,30 @@ def cmd_compare(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "compare": cmd_compare}
+def cmd_export(argv: list[str]) -> int:
+    from ppolab.export import ExportArgs, run_export
+
+    print(run_export(_tyro_parse(ExportArgs, argv, "ppolab export")))
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from ppolab.report import ReportArgs, run_report
+
+    print(run_report(_tyro_parse(ReportArgs, argv, "ppolab report")))
+    return 0
+
+
+def cmd_figures(argv: list[str]) -> int:
+    from ppolab.experiments.figures import FiguresArgs, make_figures
+
+    out = make_figures(_tyro_parse(FiguresArgs, argv, "ppolab figures"))
+    print(json.dumps({k: v for k, v in out.items() if not isinstance(v, list | dict)}, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "report": cmd_report, "plot": cmd_plot,
+            "compare": cmd_compare, "figures": cmd_figures}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,16 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         return _fail(f"unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
     from ppolab.checkpoint import CheckpointError
-    from ppolab.envs.errors import EnvError
+    from ppolab.envs.errors import EnvError, EnvWorkerError
     from ppolab.loop import TrainingError
+    from ppolab.runlock import RunWriteError
     from ppolab.spaces import UnsupportedSpaceError
 
     try:
         return COMMANDS[cmd](rest)
-    except (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, UsageError) as e:
-        return _fail(str(e))
-    except TrainingError as e:
+    except (TrainingError, RunWriteError, EnvWorkerError) as e:  # a fault during the run: exit 1
         return _fail(str(e), code=1)
+    except (ConfigError, EnvError, UnsupportedSpaceError, CheckpointError, UsageError) as e:  # bad input: exit 2
+        return _fail(str(e))
     except KeyboardInterrupt:
         print("ppolab: interrupted", file=sys.stderr)
         return 130

@@ -119,6 +119,9 @@ class Config:
     env_kwargs: str = ""
     """Gymnasium envs: keyword arguments for gymnasium.make, as JSON ('{"max_episode_steps": 100}') or
     key=value pairs separated by commas (values read as JSON where they parse, else as strings)."""
+    env_timeout: float = 0.0
+    """Gymnasium envs: seconds an env's reset or step may take before the run stops with an error naming the env,
+    the sub-env and the step (after a checkpoint of the last whole iteration); 0 waits forever."""
     ray_workers: int = 0
     """Gymnasium envs only: step the environments in this many Ray actors (the distributed mode, pip install
     'ppolab[ray]'); actions are still computed here in one batched pass, so results do not depend on it. 0 = off."""
@@ -151,6 +154,9 @@ class Config:
     """Show a progress bar."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    wandb_project: str = ""
+    """Also log metrics.csv's rows to this Weights & Biases project (pip install 'ppolab[wandb]'; WANDB_MODE=offline
+    logs to RUN_DIR/wandb without a network); empty: off."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """On a non-finite loss, gradient, parameter, observation or reward: stop the run, or skip the bad update."""
     iterations_per_call: int = 0
@@ -282,6 +288,8 @@ def validate(cfg: Config) -> Config:
     _check(isinstance(cfg.threads, numbers.Integral) and cfg.threads >= 0,
            f"--threads must be an integer >= 0 (got {cfg.threads!r})")
     _check(isinstance(cfg.env, str) and cfg.env.strip() != "", f"--env must be an environment id (got {cfg.env!r})")
+    _check(isinstance(cfg.env_timeout, numbers.Real) and math.isfinite(cfg.env_timeout) and cfg.env_timeout >= 0,
+           f"--env-timeout must be a number of seconds >= 0 (got {cfg.env_timeout!r})")
     _check(isinstance(cfg.ray_workers, numbers.Integral) and not isinstance(cfg.ray_workers, bool)
            and cfg.ray_workers >= 0, f"--ray-workers must be an integer >= 0 (got {cfg.ray_workers!r})")
     _check(isinstance(cfg.ray_worker_cpus, numbers.Real) and math.isfinite(cfg.ray_worker_cpus)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ppolab.envs.errors import EnvFaultError
+
 _LOG_2PI_E = math.log(2 * math.pi * math.e)
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -137,8 +139,9 @@ class Bernoulli(struct.PyTreeNode):
 # KL 0 and log_prob -inf there (never NaN) so one bad row cannot poison a batch before the driver raises.
 
 
-class ActionMaskError(ValueError):
-    """A state's action mask leaves no legal action; the message names the step and the sub-env."""
+class ActionMaskError(EnvFaultError, ValueError):
+    """A state's action mask leaves no legal action; the message names the step and the sub-env. An env fault: the
+    trainer stops with a checkpoint of the last whole iteration (``loop.run_loop``)."""
 
 
 def _masked_log_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:

@@ -1,49 +1,197 @@
-"""Video of a trained agent: one episode of agent 0 rendered to an animated GIF (Pillow; no extra dependency)."""
+"""Video of a trained agent: one deterministic episode rendered to MP4 (H.264, the default) or an animated GIF.
+
+MP4 goes through ``imageio-ffmpeg``, whose wheel ships its own ffmpeg binary (``pip install 'ppolab[video]'``):
+H.264 in yuv420p (what browsers and players decode), ``+faststart`` so it streams. GIF goes through Pillow (no
+extra dependency). Atari games are rendered in colour from the full game (the agent still sees the paper's
+preprocessed 84x84x4 frames; one video frame per agent step, 4 emulator frames). Without a display, MuJoCo
+renders off-screen (``MUJOCO_GL=egl`` unless set) and pygame uses SDL's dummy drivers. The video plays in real
+time: the env's ``render_fps`` (Atari: 60 Hz / frame skip 4 = 15 fps) unless ``fps`` is given.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ppolab.config import ConfigError
 from ppolab.envs import backend_of
-from ppolab.update import prepare_obs
+
+VIDEO_FORMATS = ("mp4", "gif")
+GIF_MAX_FPS = 50  # browsers draw GIF frames of < 20 ms at 100 ms
 
 
-def record_video(cfg, net, spec, state, out_dir: Path, seed: int = 0, max_steps: int = 2000, fps: int = 30) -> Path:
-    """Render one deterministic episode of agent 0 of ``state`` ([K, ...] leaves) to ``out_dir/episode.gif``."""
+def make_render_env(env_id: str):
+    """A single Gymnasium env of ``env_id`` that renders rgb_array frames, with the observations training used."""
     import gymnasium as gym
-    from PIL import Image
 
-    backend, name = backend_of(cfg.env)
+    from ppolab.envs import atari
+
+    backend, name = backend_of(env_id)
     if backend != "gymnasium":
-        raise ConfigError(f"--video supports Gymnasium environments only (got {cfg.env!r})")
+        raise ConfigError(f"--video supports Gymnasium environments only (got {env_id!r})")
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo's default (GLFW) needs a display
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (classic control) draws off-screen
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame.init() would open a sound card
     try:
-        env = gym.make(name, render_mode="rgb_array")
+        if atari.is_atari(name):
+            atari.register_ale()
+            env = atari.wrap_atari(gym.make(name, render_mode="rgb_array", **atari.env_kwargs(name)),
+                                   clip_reward=False, episodic_life=False)
+        else:
+            env = gym.make(name, render_mode="rgb_array")
     except Exception as e:  # e.g. an env without rgb_array rendering
         raise ConfigError(f"cannot render {name!r} to video: {e}") from None
     if not isinstance(env.observation_space, gym.spaces.Box):
         env = gym.wrappers.FlattenObservation(env)
-    agent = jax.tree_util.tree_map(lambda x: x[0], state)
-    apply = jax.jit(lambda s, o: net.apply(s.params, prepare_obs(spec, s, o), heads="policy")[0].mode())
-    frames = []
+    return env
+
+
+def _default_fps(env, env_id: str) -> float:
+    from ppolab.envs import atari
+
+    if atari.is_atari(backend_of(env_id)[1]):
+        return 15.0
+    return float(env.metadata.get("render_fps") or 30)
+
+
+def play_episode(policy, env_id: str, seed: int = 0, max_steps: int = 2000) -> tuple[list[np.ndarray], float, float]:
+    """One deterministic episode of ``policy`` (a ``ppolab.policy.Policy``): (frames [H, W, 3] uint8, the episode's
+    return, the video's real-time fps)."""
+    env = make_render_env(env_id)
+    frames, total = [], 0.0
     try:
+        fps = _default_fps(env, env_id)
         obs, _ = env.reset(seed=seed)
         for _ in range(max_steps):
-            frames.append(Image.fromarray(np.asarray(env.render())))
-            action = np.asarray(apply(agent, jnp.asarray(obs)[None]))[0]
-            if net.action.kind == "box":
-                action = net.action.clip(action)
-            obs, _, term, trunc, _ = env.step(action)
+            frame = env.render()
+            if frame is None:
+                raise ConfigError(f"{env_id!r} returned no frame from render(); it cannot be recorded")
+            frames.append(np.asarray(frame, np.uint8))
+            action, _ = policy.predict(np.asarray(obs))  # Box actions come clipped to the bounds
+            obs, r, term, trunc, _ = env.step(action)
+            total += float(r)
             if term or trunc:
                 break
+    except ConfigError:
+        raise
+    except Exception as e:  # a renderer that cannot start (no OpenGL), ...
+        raise ConfigError(f"cannot render {env_id!r} to video: {type(e).__name__}: {e} (for MuJoCo set "
+                          "MUJOCO_GL=egl or MUJOCO_GL=osmesa)") from None
     finally:
         env.close()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "episode.gif"
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return frames, total, fps
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """H.264 in yuv420p needs even width and height: pad the last row/column by repeating it."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
+
+
+def write_mp4(frames: list[np.ndarray], path: Path, fps: float) -> Path:
+    """H.264 MP4 of ``frames`` ([H, W, 3] uint8) through imageio-ffmpeg's bundled ffmpeg."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ConfigError("MP4 video needs imageio-ffmpeg: pip install 'ppolab[video]' (or choose the gif format)"
+                          ) from None
+    first = _even(frames[0])
+    h, w = first.shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24",
+                                         pix_fmt_out="yuv420p", macro_block_size=2, quality=None,
+                                         output_params=["-crf", "23", "-movflags", "+faststart"],
+                                         ffmpeg_log_level="error")
+    writer.send(None)  # start ffmpeg
+    try:
+        for f in frames:
+            writer.send(np.ascontiguousarray(_even(f)))
+    finally:
+        writer.close()
     return path
+
+
+def gif_timing(fps: float) -> tuple[int, int]:
+    """(keep every ``step``-th frame, frame duration in ms) of a GIF that plays ``fps`` frames in real time: GIF
+    delays are whole centiseconds of at least 2 (browsers draw shorter ones at 100 ms), so the smallest step whose
+    rounded delay is within 5% of real time (else the most accurate of the first five)."""
+    first = max(1, math.ceil(fps / GIF_MAX_FPS))
+    candidates = []
+    for step in range(first, first + 5):
+        cs = max(2, round(100 * step / fps))
+        candidates.append((abs(cs - 100 * step / fps) / (100 * step / fps), step, cs * 10))
+        if candidates[-1][0] <= 0.05:
+            return step, cs * 10
+    _, step, ms = min(candidates)
+    return step, ms
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> Path:
+    """Animated GIF of ``frames`` (Pillow) in real time, at most ``GIF_MAX_FPS`` frames per second (``gif_timing``)."""
+    from PIL import Image
+
+    step, ms = gif_timing(fps)
+    images = [Image.fromarray(f) for f in frames[::step]]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=ms, loop=0)
+    return path
+
+
+def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: float, fmt: str = "mp4") -> Path:
+    """``frames`` to ``path`` as ``fmt`` (mp4 | gif), atomically (a temporary file beside it, then renamed)."""
+    if fmt not in VIDEO_FORMATS:
+        raise ConfigError(f"unknown video format {fmt!r}; supported: {', '.join(VIDEO_FORMATS)}")
+    if not frames:
+        raise ConfigError("no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.{fmt}")
+    try:
+        (write_mp4 if fmt == "mp4" else write_gif)(frames, tmp, fps)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def record_policy(policy, env_id: str, out_dir: str | os.PathLike, seed: int = 0, max_steps: int = 2000,
+                  fps: float | None = None, fmt: str = "mp4") -> Path:
+    """Render one deterministic episode of ``policy`` on ``env_id`` to ``out_dir/episode.{fmt}``."""
+    if fmt not in VIDEO_FORMATS:
+        raise ConfigError(f"unknown video format {fmt!r}; supported: {', '.join(VIDEO_FORMATS)}")
+    frames, _, real_fps = play_episode(policy, env_id, seed, max_steps)
+    return write_video(frames, Path(out_dir) / f"episode.{fmt}", fps or real_fps, fmt)
+
+
+def record_run_video(run_dir: str | os.PathLike, agent: int = 0, seed: int = 0, max_steps: int = 2000,
+                     fps: float | None = None, fmt: str = "mp4") -> Path:
+    """One episode of agent ``agent`` of ``run_dir`` (newest good checkpoint) to ``RUN_DIR/videos/episode.{fmt}``."""
+    import json
+
+    from ppolab.policy import load
+
+    run_dir = Path(run_dir)
+    if fmt not in VIDEO_FORMATS:
+        raise ConfigError(f"unknown video format {fmt!r}; supported: {', '.join(VIDEO_FORMATS)}")
+    policy = load(run_dir, agent=agent)
+    env_id = json.loads((run_dir / "config.json").read_text())["env"]
+    return record_policy(policy, env_id, run_dir / "videos", seed, max_steps, fps, fmt)
+
+
+def record_video(cfg, net, spec, state, out_dir: Path, seed: int = 0, max_steps: int = 2000, fps: float | None = None,
+                 fmt: str = "mp4") -> Path:
+    """Render one deterministic episode of agent 0 of ``state`` ([K, ...] leaves) to ``out_dir/episode.{fmt}``.
+    ``spec``: the run's ``LearnerSpec`` (for ``normalize_obs``)."""
+    import jax
+
+    from ppolab.policy import Policy
+
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x)[0], jax.device_get(state.params))
+    norm = bool(getattr(spec, "normalize_obs", getattr(cfg, "normalize_obs", False)))
+    mean = np.asarray(state.obs_stats.mean, np.float32)[0] if norm else None
+    var = np.asarray(state.obs_stats.var, np.float32)[0] if norm else None
+    policy = Policy(net, params, mean, var, seed=seed)
+    return record_policy(policy, cfg.env, out_dir, seed, max_steps, fps, fmt)

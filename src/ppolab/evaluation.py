@@ -14,19 +14,26 @@ from ppolab import checkpoint as ckpt_lib
 from ppolab.assembly import init_population, make_driver, net_signature
 from ppolab.config import ConfigError, agent_table
 from ppolab.rundir import load_run_config
+from ppolab.runlock import RunLock
 from ppolab.training import enable_compilation_cache
 
 
 def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, deterministic: bool = True, seed: int = 12345,
-                 video: bool = False) -> dict:
+                 video: bool = False, video_format: str = "mp4") -> dict:
     """Reload the newest good checkpoint of ``run_dir`` and evaluate every agent. Returns a dict of results."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     if episodes <= 0:
         raise ConfigError(f"--episodes must be a positive integer (got {episodes})")
     rows = agent_table(cfg)
-    K = len(rows)
     enable_compilation_cache(cfg.compile_cache)
+    with RunLock(run_dir, shared=True, command="ppolab eval"):  # no training writes it meanwhile
+        return _evaluate(run_dir, cfg, rows, episodes, deterministic, seed, video and video_format)
+
+
+def _evaluate(run_dir: Path, cfg, rows: list[dict], episodes: int, deterministic: bool, seed: int,
+              video: str | bool) -> dict:
+    K = len(rows)
     driver, net, spec = make_driver(cfg, K)
     try:
         template = {"train_state": init_population(cfg, net, spec, rows), "driver_state": driver.driver_state()}
@@ -43,7 +50,7 @@ def evaluate_run(run_dir: str | os.PathLike, episodes: int = 10, deterministic: 
         if video:
             from ppolab.evaluate import record_video
 
-            out["video"] = str(record_video(cfg, net, spec, state, run_dir / "videos", seed=seed))
+            out["video"] = str(record_video(cfg, net, spec, state, run_dir / "videos", seed=seed, fmt=video))
         return out
     finally:
         driver.close()

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,7 @@ class Checkpointer:
     expect: dict                  # header fields a restore checks: the network signature, the number of agents
     driver: Driver
     logger: MetricsLogger
+    warn: Callable[[str], None] | None = None  # one-line notices (e.g. an unusable checkpoint set aside)
     writes: list = dataclasses.field(default_factory=list)  # (seconds, bytes) of each write
 
     def save(self, state: TrainState, iteration: int, stats: EpisodeStats, clock: Clock) -> None:
@@ -157,7 +159,8 @@ class Checkpointer:
         header = {"config": to_dict(self.cfg), **self.expect,
                   "host": {"episodes": stats.episodes, "recent": [list(d) for d in stats.recent],
                            "wall_time_s": clock.wall()}}
-        _, seconds, size = ckpt_lib.save(self.ckpt_dir, iteration, tree, header, keep=self.cfg.keep_checkpoints)
+        _, seconds, size = ckpt_lib.save(self.ckpt_dir, iteration, tree, header, keep=self.cfg.keep_checkpoints,
+                                         warn=self.warn)
         self.writes.append((seconds, size))
 
 

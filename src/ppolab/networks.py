@@ -65,9 +65,11 @@ class ActorCritic(nn.Module):
         return nn.relu(_dense(512, math.sqrt(2), True, "torso_fc")(x))
 
     @nn.compact
-    def __call__(self, obs, heads: str = "both"):
+    def __call__(self, obs, heads: str = "both", action_mask=None):
         """``heads``: "both", "policy" (value is None) or "value" (distribution is None): a separate-torso network
-        then runs only the half it needs (the learner's bootstrap values and post-update KL, acting)."""
+        then runs only the half it needs (the learner's bootstrap values and post-update KL, acting).
+        ``action_mask`` [..., head_size] bool (True = legal) masks the distribution (``distributions.with_mask``);
+        None leaves it unmasked."""
         batch_shape = obs.shape[: obs.ndim - len(self.obs.shape)]
         want_pi, want_v = heads in ("both", "policy"), heads in ("both", "value")
         if self.obs.image:
@@ -87,7 +89,7 @@ class ActorCritic(nn.Module):
             log_std = None
             if self.action.kind == "box":
                 log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action.size,))
-            dist = make_dist(self.action, head, log_std)
+            dist = D.with_mask(make_dist(self.action, head, log_std), action_mask)
         if want_v:
             value = _dense(1, 1.0, self.ortho_init or self.obs.image, "v_head")(v_h)[..., 0]
         return dist, value
@@ -149,10 +151,14 @@ class NumpyPolicy:
             return rng.standard_normal(full, dtype=np.float32)
         return rng.random(full, dtype=np.float32)
 
-    def sample_with_noise(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
-        """obs [K, B, *obs] (already normalized), noise [K, B, head] or None for the mode -> actions [K, B, ...]."""
+    def sample_with_noise(self, obs: np.ndarray, noise: np.ndarray | None,
+                          mask: np.ndarray | None = None) -> np.ndarray:
+        """obs [K, B, *obs] (already normalized), noise [K, B, head] or None for the mode -> actions [K, B, ...].
+        ``mask`` [K, B, head] bool: only legal actions (the best legal one for the mode), same noise convention."""
         out = self.head_out(obs)
         spec = self.net.action
+        if mask is not None:
+            return D.masked_sample_numpy(out, mask, noise, spec.nvec if spec.kind == "multidiscrete" else None)
         if spec.kind == "discrete":
             return _sample_categorical(out, noise)
         if spec.kind == "box":

@@ -18,6 +18,7 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "act_backend": ("gymnasium", "envpool"),
     "vector_mode": ("gymnasium",),
     "env_kwargs": ("gymnasium",),
+    "env_timeout": ("gymnasium",),
     "ray_workers": ("gymnasium",),
     "ray_address": ("gymnasium",),
     "ray_worker_cpus": ("gymnasium",),

@@ -20,11 +20,12 @@ import jax
 import numpy as np
 
 from ppolab.config import Config, ConfigError, from_dict, swept_fields, to_dict
+from ppolab.runlock import LOCK_NAME, RunLock, RunWriteError, write_atomic
 
 #: Options that may change when a run is resumed (they do not affect what is learned).
 RESUME_OVERRIDABLE = ("threads", "progress", "tensorboard", "eval_episodes", "eval_deterministic", "checkpoint_every",
                       "checkpoint_every_s", "keep_checkpoints", "nonfinite", "compile_cache", "ray_workers",
-                      "ray_address", "ray_worker_cpus")
+                      "ray_address", "ray_worker_cpus", "wandb_project", "env_timeout")
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -38,7 +39,7 @@ def prepare_run_dir(cfg: Config) -> Path:
     _check_names(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {str(run_dir)!r} exists and is not a directory; choose another path")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"--run-dir {str(run_dir)!r} already holds a run; pass --overwrite to replace it, "
                           f"--resume {str(run_dir)!r} to continue it, or choose another directory")
     check_writable(run_dir)
@@ -69,20 +70,43 @@ def check_writable(run_dir: Path) -> None:
                           "choose another --run-dir") from None
 
 
+def lock_run_dir(run_dir: Path, fresh: bool) -> RunLock:
+    """The exclusive lock of ``run_dir`` for this process's run (created first for a fresh run); a second process
+    is refused at once, naming the holder (``runlock.RunLockedError``)."""
+    if fresh:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--run-dir {str(run_dir)!r} cannot be written: {e.strerror or e}; choose another "
+                              "--run-dir") from None
+    return RunLock(run_dir, command="ppolab train").acquire()
+
+
 def create_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Create (or, with --overwrite, empty) ``run_dir`` and write config.json; an OS error is a ``ConfigError``."""
+    """Empty ``run_dir`` with --overwrite (its lock file stays: the lock is held on it) and write config.json; an
+    OS error is a ``ConfigError``."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite:
             for p in run_dir.iterdir():
+                if p.name == LOCK_NAME:
+                    continue
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
                 else:
                     p.unlink()
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    except OSError as e:
-        raise ConfigError(f"--run-dir {str(run_dir)!r} cannot be written: {e.strerror or e}; choose another "
-                          "--run-dir") from None
+        write_atomic(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
+    except (OSError, RunWriteError) as e:
+        raise ConfigError(f"--run-dir {str(run_dir)!r} cannot be written: {getattr(e, 'strerror', None) or e}; "
+                          "choose another --run-dir") from None
+
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """summary.json of a run that finished (not one stopped by a signal), or None."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and "stopped" not in summary else None
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -102,13 +126,16 @@ def resume_overrides(cfg: Config, explicit: dict | None) -> dict:
     for k, v in (explicit or {}).items():
         if k in RESUME_OVERRIDABLE:
             out[k] = v
+        elif k == "total_timesteps" and isinstance(v, int) and v > cfg.total_timesteps:
+            out[k] = v  # continues the run (a finished one too) to the new total
         elif k in ("run_dir", "overwrite") or v == getattr(cfg, k, v) or (isinstance(v, list | tuple) and tuple(
                 v) == tuple(getattr(cfg, k, ()) or ())):
             continue
         else:
             allowed = ", ".join("--" + o.replace("_", "-") for o in RESUME_OVERRIDABLE)
             raise ConfigError(f"--{k.replace('_', '-')} cannot change when resuming (the run has "
-                              f"{getattr(cfg, k)!r}); only {allowed} may be given with --resume")
+                              f"{getattr(cfg, k)!r}); only {allowed} (and a larger --total-timesteps, to continue "
+                              "it) may be given with --resume")
     return out
 
 

@@ -15,7 +15,7 @@ def on_main_thread() -> bool:
 
 class StopSignal:
     """SIGINT/SIGTERM: the first asks for a final checkpoint and a clean exit (``requested`` names the signal); a
-    second SIGINT exits at once (checkpoint writes are atomic)."""
+    second one of either exits at once (checkpoint writes are atomic), also out of an env step that hangs."""
 
     def __init__(self):
         self.requested: str | None = None
@@ -28,7 +28,7 @@ class StopSignal:
         return self
 
     def _handle(self, signum, frame):
-        if self.requested is not None and signum == signal.SIGINT:
+        if self.requested is not None:
             raise KeyboardInterrupt
         if self.requested is None:  # os.write: safe inside a signal handler, unlike print
             os.write(2, f"\n{signal.Signals(signum).name}: finishing the current iteration and writing a checkpoint "
@@ -53,3 +53,25 @@ class WorkersIgnoreStopSignals:
     def __exit__(self, *exc):
         for s, h in self.old.items():
             signal.signal(s, h)
+
+
+class Deadline:
+    """SIGALRM after ``seconds`` (0: never) raises ``TimeoutError(message)`` in the code running inside (the main
+    thread only; a call stuck in C code that never returns to Python cannot be interrupted this way)."""
+
+    def __init__(self, seconds: float, message: str):
+        self.seconds, self.message = seconds, message
+
+    def __enter__(self):
+        self.on = self.seconds > 0 and on_main_thread()
+        if self.on:
+            self.old = signal.signal(signal.SIGALRM, self._expired)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+
+    def _expired(self, signum, frame):
+        raise TimeoutError(self.message)
+
+    def __exit__(self, *exc):
+        if self.on:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)

@@ -19,21 +19,28 @@ import numpy as np
 
 from ppolab import checkpoint as ckpt_lib
 from ppolab.assembly import env_seeds, init_population, make_driver, net_signature
-from ppolab.config import Config, ConfigError, agent_table, apply_preset, backend_of, validate
+from ppolab.config import Config, ConfigError, agent_table, apply_preset, backend_of, to_dict, validate
 from ppolab.drivers.base import Driver
+from ppolab.envs.errors import EnvWorkerError
 from ppolab.logging import MetricsLogger, plot_learning_curve
 from ppolab.loop import Checkpointer, Clock, EpisodeStats, TrainingError, run_loop
 from ppolab.options import check_options_apply
+from ppolab.policy import write_policy_spec
 from ppolab.progress import ProgressBar
+from ppolab.report import write_report
 from ppolab.rundir import (
     agent_summary,
     create_run_dir,
+    finished_summary,
     load_run_config,
+    lock_run_dir,
     make_summary,
     prepare_run_dir,
     resume_overrides,
 )
+from ppolab.runlock import write_atomic
 from ppolab.types import TrainState
+from ppolab.wandb_sink import WandbSink
 
 __all__ = ["TrainResult", "TrainingError", "train", "enable_compilation_cache", "release_freed_memory"]
 
@@ -92,48 +99,83 @@ def resolve(cfg: Config, explicit: dict | None, resume: str | os.PathLike | None
 
 def train(cfg: Config, *, explicit: dict | None = None, resume: str | os.PathLike | None = None,
           console=None) -> TrainResult:
-    """Train ``cfg`` (or continue the run in ``resume``). Every check runs before anything is written."""
+    """Train ``cfg`` (or continue the run in ``resume``). Every check runs before anything is written; the run
+    directory is locked for this process (a second one is refused at once). Resuming a finished run changes
+    nothing (``TrainResult.state`` is then None) unless ``--total-timesteps`` is raised, which continues it."""
     t_start = time.perf_counter()
     cfg, run_dir = resolve(cfg, explicit, resume)
-    rows = agent_table(cfg)
-    enable_compilation_cache(cfg.compile_cache)
-    driver, net, spec = make_driver(cfg, len(rows))  # checks the env id and its spaces
     say = console.print if console is not None else (lambda *a, **k: None)
+    lock = None
+    if resume is not None:
+        done = finished_summary(run_dir)
+        last = max((ckpt_lib.iteration_of(p) for p in ckpt_lib.list_checkpoints(run_dir / "checkpoints")), default=0)
+        if done is not None and last >= cfg.num_iterations:  # its summary and its final checkpoint are there
+            say(f"{run_dir} has finished ({int(done['total_timesteps']):,} steps, summary.json): nothing to do; "
+                "pass a larger --total-timesteps to continue it")
+            return TrainResult(None, done, run_dir, cfg)
+        lock = lock_run_dir(run_dir, fresh=False)
     try:
-        if cfg.num_envs * len(rows) >= 2048 and backend_of(cfg.env)[0] == "brax" and jax.default_backend() == "cpu":
-            say(f"note: {cfg.num_envs * len(rows)} Brax envs on a CPU run slowly (the brax preset is sized for one "
-                "GPU); --num-envs 64 --num-steps 64 makes a CPU-sized run")
-        precompile_s = _precompile(driver, cfg, net, spec, rows, say)
-        state = init_population(cfg, net, spec, rows)
-        expect = {"network": net_signature(net), "agents": len(rows)}
-        if resume is None:
-            create_run_dir(run_dir, cfg)
-            stats, wall0 = EpisodeStats.create([[] for _ in rows]), 0.0
-        else:
-            state, stats, wall0 = _restore(run_dir, state, driver, expect, say)
-        start = int(np.asarray(state.iteration)[0])
-        if driver.driver_state() is None or resume is None:
-            driver.start(env_seeds(rows, cfg.num_envs, start))
-        logger = MetricsLogger(run_dir, cfg.tensorboard, resume_iteration=start if resume is not None else None,
-                               steps_per_iteration=cfg.batch_size)
-        saver = Checkpointer(run_dir / "checkpoints", cfg, expect, driver, logger)
-        with ProgressBar(cfg, console, start) as progress:
-            clock = Clock(wall0, precompile_s)
-            state, it, stopped = run_loop(cfg, driver, state, start, stats, clock, saver, progress)
-        if stopped is not None:
-            say(f"{stopped}: stopped at iteration {it}; checkpoint written. Resume with: "
-                f"ppolab train --resume {run_dir}")
-            summary = {"env_id": cfg.env, "objective": cfg.objective, "stopped": stopped, "iteration": it}
-            return TrainResult(state, summary, run_dir, cfg)
-        summary = _finish(cfg, driver, state, rows, stats, clock, saver, t_start)
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        rows = agent_table(cfg)
+        enable_compilation_cache(cfg.compile_cache)
+        driver, net, spec = make_driver(cfg, len(rows))  # checks the env id and its spaces
         try:
-            plot_learning_curve(run_dir, title=f"{cfg.env} / {cfg.objective}")
-        except Exception as e:  # pragma: no cover - a plot must never lose a run
-            say(f"[yellow]could not draw the learning curve: {e}")
-        return TrainResult(state, summary, run_dir, cfg)
+            lock = lock or lock_run_dir(run_dir, fresh=True)
+            return _run(cfg, run_dir, resume is not None, driver, net, spec, rows, say, console, t_start)
+        finally:
+            driver.close()
     finally:
-        driver.close()
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: Config, run_dir: Path, resuming: bool, driver: Driver, net, spec, rows: list[dict], say, console,
+         t_start: float) -> TrainResult:
+    """Compile, restore or create the run directory, run the loop, finish (the body of ``train``)."""
+    if cfg.num_envs * len(rows) >= 2048 and backend_of(cfg.env)[0] == "brax" and jax.default_backend() == "cpu":
+        say(f"note: {cfg.num_envs * len(rows)} Brax envs on a CPU run slowly (the brax preset is sized for one "
+            "GPU); --num-envs 64 --num-steps 64 makes a CPU-sized run")
+    precompile_s = _precompile(driver, cfg, net, spec, rows, say)
+    state = init_population(cfg, net, spec, rows)
+    expect = {"network": net_signature(net), "agents": len(rows)}
+    if not resuming:
+        create_run_dir(run_dir, cfg)
+        stats, wall0 = EpisodeStats.create([[] for _ in rows]), 0.0
+    else:
+        state, stats, wall0 = _restore(run_dir, cfg, state, driver, expect, say)
+    start = int(np.asarray(state.iteration)[0])
+    if driver.driver_state() is None or not resuming:
+        try:
+            driver.start(env_seeds(rows, cfg.num_envs, start))
+        except EnvWorkerError as e:
+            raise TrainingError(f"{e}; no iteration was run") from None
+    warn = lambda m: say(f"[yellow]{m}")
+    write_policy_spec(run_dir, net, cfg.normalize_obs)  # what ppolab.load and ppolab export read
+    wandb = WandbSink(cfg.wandb_project, run_dir, to_dict(cfg)) if cfg.wandb_project else None
+    logger = MetricsLogger(run_dir, cfg.tensorboard, resume_iteration=start if resuming else None,
+                           steps_per_iteration=cfg.batch_size, warn=warn, sinks=(wandb,) if wandb else ())
+    saver = Checkpointer(run_dir / "checkpoints", cfg, expect, driver, logger, warn=warn)
+    with ProgressBar(cfg, console, start) as progress:
+        clock = Clock(wall0, precompile_s)
+        state, it, stopped = run_loop(cfg, driver, state, start, stats, clock, saver, progress)
+    if stopped is not None:
+        say(f"{stopped}: stopped at iteration {it}; checkpoint written. Resume with: "
+            f"ppolab train --resume {run_dir}")
+        summary = {"env_id": cfg.env, "objective": cfg.objective, "stopped": stopped, "iteration": it}
+        return TrainResult(state, summary, run_dir, cfg)
+    summary = _finish(cfg, driver, state, rows, stats, clock, saver, t_start)
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
+    if wandb is not None:
+        wandb.log_summary(summary)
+        wandb.close()
+    outputs = [("the learning curve", lambda: plot_learning_curve(run_dir, f"{cfg.env} / {cfg.objective}"))]
+    if os.environ.get("PPOLAB_REPORT", "1") != "0":  # PPOLAB_REPORT=0 skips it (~1-3 s; the test session does)
+        outputs.append(("report.html", lambda: write_report(run_dir)))
+    for what, draw in outputs:
+        try:
+            draw()
+        except Exception as e:  # noqa: BLE001 - a plot or report must never lose a run
+            say(f"[yellow]could not write {what}: {type(e).__name__}: {e}")
+    return TrainResult(state, summary, run_dir, cfg)
 
 
 def _precompile(driver: Driver, cfg: Config, net, spec, rows: list[dict], say) -> float:
@@ -147,7 +189,7 @@ def _precompile(driver: Driver, cfg: Config, net, spec, rows: list[dict], say) -
     return time.perf_counter() - t0
 
 
-def _restore(run_dir: Path, template: TrainState, driver: Driver, expect: dict, say):
+def _restore(run_dir: Path, cfg: Config, template: TrainState, driver: Driver, expect: dict, say):
     """(state, episode stats, wall time so far) from the newest good checkpoint of ``run_dir``."""
     tree, header, path = ckpt_lib.restore_latest(run_dir / "checkpoints",
                                                  {"train_state": template, "driver_state": driver.driver_state()},
@@ -155,21 +197,15 @@ def _restore(run_dir: Path, template: TrainState, driver: Driver, expect: dict, 
     state = jax.tree_util.tree_map(jnp.asarray, tree["train_state"])
     if tree["driver_state"] is not None:
         driver.restore_driver_state(tree["driver_state"])
-    host = _host_counters(header.get("host"), expect["agents"])
+    iterations = np.asarray(state.iteration)
+    if not (np.all(iterations == header["iteration"]) and 0 <= header["iteration"] <= cfg.num_iterations):
+        raise ckpt_lib.CheckpointError(f"{path}: its train state is at iteration {iterations.tolist()[:4]}, its "
+                                       f"header at {header['iteration']}, the run has {cfg.num_iterations}; refused")
+    host = ckpt_lib.host_counters(header, expect["agents"])
     say(f"resuming {run_dir} from {path.name} (iteration {header['iteration']})")
     if host is None:
         return state, EpisodeStats.create([[] for _ in range(expect["agents"])]), 0.0
     return state, EpisodeStats.create(host["recent"], host["episodes"]), host["wall_time_s"]
-
-
-def _host_counters(host, K: int) -> dict | None:
-    """The checkpoint header's host counters if well formed (the header is data from a file: never trust its types)."""
-    try:
-        ok = (isinstance(host["episodes"], int) and isinstance(host["wall_time_s"], int | float)
-              and len(host["recent"]) == K and all(isinstance(x, int | float) for r in host["recent"] for x in r))
-    except (TypeError, KeyError):
-        return None
-    return host if ok else None
 
 
 def _finish(cfg: Config, driver: Driver, state: TrainState, rows: list[dict], stats: EpisodeStats, clock: Clock,

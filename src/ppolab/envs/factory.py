@@ -47,7 +47,7 @@ def _gymnasium(cfg: Config, name: str, num_agents: int, num_envs: int, distribut
                                       extra.get("wrappers"), cfg.ray_address, cfg.ray_worker_cpus,
                                       sys_path=[root] if root else None)
         return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, env_kwargs, extra.get("wrappers"),
-                               extra.get("episode_info", False), vector_env=vector_env)
+                               extra.get("episode_info", False), vector_env=vector_env, timeout=cfg.env_timeout)
 
 
 def make_jax_env(cfg: Config) -> JaxEnv:

@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from ppolab.envs import probes
 from ppolab.envs.base import Episode
-from ppolab.envs.errors import EnvError
+from ppolab.envs.cartpole_vector import same_step_cartpole_class
+from ppolab.envs.errors import EnvError, EnvFaultError, SubEnvError
+from ppolab.signals import Deadline
 from ppolab.spaces import ActionSpec, ObsSpec, action_spec_from_gymnasium, obs_spec_from_gymnasium
 
 
@@ -130,7 +131,7 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
                            "applied; use --vector-mode sync")
         # Gymnasium's own construction from the registered spec (its kwargs, max_episode_steps: 500 for v1, 200 for
         # v0), with the vector entry point swapped for the SAME_STEP subclass.
-        spec = dataclasses.replace(gym.spec(import_env_module(env_id)), vector_entry_point=_same_step_cartpole_class())
+        spec = dataclasses.replace(gym.spec(import_env_module(env_id)), vector_entry_point=same_step_cartpole_class())
         return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
     wrappers = list(wrappers or [])
     probe = _make_one(env_id, env_kwargs or {}, wrappers)
@@ -148,66 +149,15 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
                         **(env_kwargs or {}))
 
 
-@functools.cache
-def _same_step_cartpole_class():
-    """Built on first use, so that importing this module does not import Gymnasium."""
-    from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
-    from gymnasium.vector import AutoresetMode
-
-    class SameStepCartPoleVectorEnv(CartPoleVectorEnv):
-        """Gymnasium's numpy-vectorized CartPole (all sub-envs in one numpy step, its physics unchanged) with
-        SAME_STEP autoreset instead of its NEXT_STEP one.
-
-        A sub-env whose episode ends (terminated, or truncated at ``max_episode_steps``) is reset within the same
-        ``step``: the step returns the next episode's first observation, drawn from the sub-env's own generator in the
-        reset bounds, and puts the episode's last observation in ``info["final_obs"]`` (mask
-        ``info["_final_obs"]``), like ``LeanSyncVectorEnv``. No step is a NEXT_STEP filler (reward 0, action
-        ignored). ``reset(seed=...)`` takes an int (sub-env i gets seed + i) or a list of per-sub-env seeds (as
-        ``GymnasiumVecEnv`` passes); each sub-env draws its initial states from its own generator.
-        """
-
-        metadata = {**CartPoleVectorEnv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
-
-        def reset(self, *, seed=None, options=None):
-            n = self.num_envs
-            if isinstance(seed, list | tuple | np.ndarray):
-                seeds = [None if x is None else int(x) for x in seed]
-            else:
-                seeds = [None if seed is None else seed + i for i in range(n)]
-            obs, info = super().reset(seed=seeds[0], options=options)  # counters, bounds, the shared generator
-            # one generator per sub-env, as each env of a SyncVectorEnv has: an actor's reset states depend on its
-            # own seed only (so an agent of a population does not depend on when the others' episodes end)
-            self.sub_rngs = [np.random.default_rng(x) for x in seeds]
-            self.state = np.stack([r.uniform(self.low, self.high, size=4) for r in self.sub_rngs], axis=1)
-            return self.state.T.astype(np.float32), info
-
-        def step(self, actions):
-            # With no sub-env marked done from the previous step, the parent's NEXT_STEP reset is a no-op and its
-            # step is the plain physics step of every sub-env.
-            self.prev_done[:] = False
-            obs, reward, terminated, truncated, _ = super().step(np.asarray(actions))
-            done = terminated | truncated
-            info = {}
-            if done.any():
-                idx = np.flatnonzero(done)
-                info["final_obs"] = np.full(self.num_envs, None, object)
-                info["_final_obs"] = done.copy()
-                for i in idx:
-                    info["final_obs"][i] = obs[i].copy()
-                    self.state[:, i] = self.sub_rngs[i].uniform(self.low, self.high, size=4)
-                self.steps[idx] = 0
-                obs[idx] = self.state[:, idx].T.astype(np.float32)
-            return obs, reward, terminated, truncated, info
-
-    SameStepCartPoleVectorEnv.__module__ = __name__
-    SameStepCartPoleVectorEnv.__qualname__ = "SameStepCartPoleVectorEnv"
-    return SameStepCartPoleVectorEnv
-
-
-def __getattr__(name):
-    if name == "SameStepCartPoleVectorEnv":
-        return _same_step_cartpole_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _stack_obs(obs: list, space) -> np.ndarray:
+    """The sub-envs' observations as one array; ``SubEnvError`` names the first of another shape than ``space``'s."""
+    try:
+        return np.asarray(obs)
+    except ValueError:  # ragged: some sub-env returned another shape
+        shape = tuple(space.shape or ())
+        i = next((i for i, o in enumerate(obs) if np.shape(o) != shape), 0)
+        raise SubEnvError(i, ValueError(f"observation of shape {np.shape(obs[i])}, the observation space has "
+                                        f"{shape}")) from None
 
 
 class LeanSyncVectorEnv:
@@ -232,15 +182,23 @@ class LeanSyncVectorEnv:
     def reset(self, *, seed=None, options=None):
         seeds = seed if isinstance(seed, list | tuple) else [None if seed is None else seed + i
                                                               for i in range(self.num_envs)]
-        obs = [env.reset(seed=s, options=options)[0] for env, s in zip(self.envs, seeds, strict=True)]
-        return np.stack(obs), {}
+        obs = []
+        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            try:
+                obs.append(env.reset(seed=s, options=options)[0])
+            except Exception as e:  # noqa: BLE001
+                raise SubEnvError(i, e) from e
+        return _stack_obs(obs, self.single_observation_space), {}
 
     def step(self, actions):
         n = self.num_envs
         obs, rew, term, trunc = [], [], [], []  # plain lists: per-item numpy writes cost more at these sizes
         info = {}
         for i, env in enumerate(self.envs):
-            o, r, te, tr, inf = env.step(actions[i])
+            try:
+                o, r, te, tr, inf = env.step(actions[i])
+            except Exception as e:  # noqa: BLE001 - the trainer names the sub-env and stops cleanly
+                raise SubEnvError(i, e) from e
             if te or tr:
                 if "final_obs" not in info:
                     info["final_obs"] = np.full(n, None, object)
@@ -252,12 +210,16 @@ class LeanSyncVectorEnv:
                     for k in ("r", "l", "t"):
                         fin["episode"][k][i] = inf["episode"][k]
                     fin["_episode"][i] = True
-                o, _ = env.reset()
+                try:
+                    o, _ = env.reset()
+                except Exception as e:  # noqa: BLE001
+                    raise SubEnvError(i, e) from e
             obs.append(o)
             rew.append(r)
             term.append(te)
             trunc.append(tr)
-        return np.asarray(obs), np.asarray(rew, np.float64), np.asarray(term, bool), np.asarray(trunc, bool), info
+        return _stack_obs(obs, self.single_observation_space), np.asarray(rew, np.float64), np.asarray(term, bool), \
+            np.asarray(trunc, bool), info
 
     def close(self):
         for env in self.envs:
@@ -275,9 +237,10 @@ class GymnasiumVecEnv:
     """
 
     def __init__(self, env_id: str, num_agents: int, num_envs: int, mode: str = "sync", env_kwargs=None,
-                 wrappers=None, episode_info: bool = False, vector_env=None):
+                 wrappers=None, episode_info: bool = False, vector_env=None, timeout: float = 0.0):
         self.env_id, self.K, self.B = env_id, num_agents, num_envs
         self.episode_info = episode_info
+        self.timeout, self.steps = timeout, 0  # --env-timeout (0: none); env steps since this process started
         # the K x B sub-envs: in this process, or ``vector_env`` built elsewhere (e.g. Ray actors, envs/factory.py)
         self.env = vector_env if vector_env is not None else make_gymnasium_vec(
             env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
@@ -295,10 +258,10 @@ class GymnasiumVecEnv:
     def reset(self, seed: int | list[int]):
         """Seed actor i with ``seed + i`` (int) or ``seed[i]`` (list of K * B seeds)."""
         seeds = [seed + i for i in range(self.K * self.B)] if isinstance(seed, int) else [int(s) for s in seed]
-        obs, _ = self.env.reset(seed=seeds)
+        obs, _ = self._guarded("reset", self.env.reset, seed=seeds)
         self._ret[:] = 0
         self._len[:] = 0
-        return self._shape(np.asarray(obs))
+        return self._shape(self._checked(np.asarray(obs), "reset"))
 
     def step(self, actions: np.ndarray):
         """actions [K, B, ...] -> next_obs, reward, terminated, truncated, final_obs [K, B, ...], finished episodes
@@ -306,8 +269,9 @@ class GymnasiumVecEnv:
         flat = actions.reshape((self.K * self.B,) + actions.shape[2:])
         if self._low is not None:  # Box: execute the clipped action, the unclipped one is what was stored
             flat = np.minimum(np.maximum(flat, self._low), self._high)  # np.clip's wrapper costs ~3 us a call
-        obs, rew, term, trunc, info = self.env.step(flat)
-        obs = np.asarray(obs)
+        self.steps += 1
+        obs, rew, term, trunc, info = self._guarded("step", self.env.step, flat)
+        obs = self._checked(np.asarray(obs), "step")
         rew = np.asarray(rew, np.float64)
         final = obs
         episodes = []
@@ -334,3 +298,35 @@ class GymnasiumVecEnv:
 
     def close(self):
         self.env.close()
+
+    # ---- faults ---------------------------------------------------------------------------------------------------
+    def _where(self, i: int | None, what: str) -> str:
+        sub = f"sub-env {i} (agent {i // self.B}, actor {i % self.B})" if i is not None else "a sub-env"
+        return f"env {self.env_id!r}, {sub}, in {what}() at env step {self.steps}"
+
+    def _guarded(self, what: str, fn, *args, **kwargs):
+        """``fn(...)`` with an env's own exception (or ``--env-timeout``) turned into ``EnvFaultError``."""
+        try:
+            with Deadline(self.timeout, f"{what} did not return within --env-timeout {self.timeout:g} s"):
+                return fn(*args, **kwargs)
+        except SubEnvError as e:
+            raise EnvFaultError(f"{self._where(e.index, what)}: {type(e.cause).__name__}: "
+                                f"{str(e.cause)[:300]}") from e.cause
+        except EnvFaultError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a vector env that does not say which sub-env failed
+            from ppolab.envs.errors import EnvWorkerError
+
+            if isinstance(e, EnvWorkerError):
+                raise
+            raise EnvFaultError(f"{self._where(None, what)}: {type(e).__name__}: {str(e)[:300]}") from e
+
+    def _checked(self, obs: np.ndarray, what: str) -> np.ndarray:
+        """``EnvFaultError`` for observations of another shape or dtype than the observation space's."""
+        want = (self.K * self.B,) + tuple(self.obs_spec.shape)
+        ok_dtype = obs.dtype == np.uint8 if self.obs_spec.image else obs.dtype.kind in "biuf"
+        if obs.shape != want or not ok_dtype:
+            raise EnvFaultError(f"{self._where(None if obs.ndim == 0 else 0, what)}: observations of shape "
+                                f"{obs.shape[1:]} and dtype {obs.dtype}, the observation space has "
+                                f"{tuple(self.obs_spec.shape)} and {self.obs_spec.dtype}")
+        return obs

@@ -96,4 +96,12 @@ def run_grid(args: CompareArgs, console=None) -> CompareResult:
         stopped = runners.run_pool(args, pending, statuses, console)
     if stopped:
         say(f"stopped; rerun the same command (--out {out}) to resume")
-    return report.score_and_write(args, out, groups, cfgs, settings, envs, random, statuses, console)
+    result = report.score_and_write(args, out, groups, cfgs, settings, envs, random, statuses, console)
+    try:
+        from ppolab.report import write_report
+
+        write_report(out)  # report.html: the table beside the paper's column, per-env curves
+    except Exception as e:  # noqa: BLE001 - a report must never lose a grid
+        if console is not None:
+            console.print(f"[yellow]could not write report.html: {type(e).__name__}: {e}")
+    return result
