@@ -25,7 +25,7 @@ FloatOrSweep = float | tuple[float, ...]
 SWEEPABLE = ("learning_rate", "clip_eps", "kl_beta", "kl_target", "ent_coef", "vf_coef", "gamma", "gae_lambda")
 
 #: Environment back-ends named by an id prefix; any other id is a Gymnasium id (``module:Env-v0`` included).
-ENV_PREFIXES = ("gymnax", "brax", "envpool")
+ENV_PREFIXES = ("gymnax", "brax", "envpool", "jumanji")
 
 
 def backend_of(env_id: str) -> tuple[str, str]:
@@ -136,6 +136,9 @@ class Config:
     act_backend: Literal["auto", "numpy", "jax"] = "auto"
     """Gymnasium and envpool envs: how actions are computed, a numpy forward pass of the MLP (fastest on CPU) or a
     jitted call (auto: numpy for MLPs, jax for CNNs)."""
+    action_mask: Literal["auto", "off"] = "auto"
+    """Discrete / MultiDiscrete actions: only the legal ones where the env gives a mask (a Dict observation's
+    action_mask key, not fed to the network; an action_masks() method; jumanji envs); off ignores the mask."""
     run_dir: str | None = None
     """Output directory (default runs/ENV-OBJECTIVE-sSEED-TIME)."""
     overwrite: bool = False

@@ -16,6 +16,7 @@ from ppolab.config import Config, ConfigError, apply_preset, backend_of, sweep_v
 #: Back-end options and the environment back-ends they act on.
 BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
     "act_backend": ("gymnasium", "envpool"),
+    "action_mask": ("gymnasium", "jumanji"),
     "vector_mode": ("gymnasium",),
     "env_kwargs": ("gymnasium",),
     "env_timeout": ("gymnasium",),

@@ -30,6 +30,13 @@ class ActionSpec:
         return () if self.kind == "discrete" else (self.size,)
 
     @property
+    def num_actions(self) -> float:
+        """Joint actions: n (discrete), prod(nvec), 2^n (binary); inf for a box (every action legal without a mask)."""
+        if self.kind == "box":
+            return float("inf")
+        return float(self.size if self.kind == "discrete" else np.prod(self.nvec) if self.nvec else 2**self.size)
+
+    @property
     def dtype(self):
         return np.float32 if self.kind == "box" else np.int32
 

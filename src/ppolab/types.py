@@ -48,7 +48,9 @@ class Rollout(struct.PyTreeNode):
 
     obs[t] is the observation the action was chosen from; terminated[t] / truncated[t] are the flags after step t;
     final_obs[t] is the last observation of the episode that ended at step t (meaningful where truncated[t]);
-    last_obs is the observation after the final step, for V(s_T).
+    last_obs is the observation after the final step, for V(s_T). action_mask[t] is the mask of obs[t] (True =
+    legal, laid out like the policy head's logits: [n] for Discrete, [sum(nvec)] for MultiDiscrete), or None for an
+    env without masks (a None leaf: the unmasked program is unchanged).
     """
 
     obs: jax.Array          # [T, B, *obs]
@@ -58,6 +60,7 @@ class Rollout(struct.PyTreeNode):
     truncated: jax.Array    # [T, B] bool
     final_obs: jax.Array    # [T, B, *obs]
     last_obs: jax.Array     # [B, *obs]
+    action_mask: jax.Array | None = None  # [T, B, head] bool, or None
 
 
 class Batch(struct.PyTreeNode):
@@ -70,3 +73,4 @@ class Batch(struct.PyTreeNode):
     old_values: jax.Array   # [N] V_old(s)
     advantages: jax.Array   # [N]
     targets: jax.Array      # [N] V^targ = A + V_old
+    action_mask: jax.Array | None = None  # [N, head] bool: pi_old and pi are both masked with it (or None)

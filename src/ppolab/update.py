@@ -18,6 +18,7 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from ppolab import advantages as adv_lib
+from ppolab import distributions as D
 from ppolab import normalize as norm_lib
 from ppolab import objectives
 from ppolab.config import Config
@@ -28,7 +29,7 @@ from ppolab.types import Batch, HParams, Params, Rollout, TrainState
 METRIC_KEYS = (
     "policy_loss", "value_loss", "entropy", "kl", "approx_kl", "clip_fraction", "explained_variance",
     "ratio_min", "ratio_max", "beta", "learning_rate", "clip_eps", "grad_norm", "minibatches_done",
-    "nonfinite_input", "nonfinite_update", "nonfinite_kind",
+    "nonfinite_input", "nonfinite_update", "nonfinite_kind", "illegal_action_rate", "legal_actions_mean",
 )
 #: Bits of the ``nonfinite_kind`` metric: which quantities were non-finite in this update (0 when all were finite).
 #: "parameters": the parameters after a minibatch step; "incoming parameters": already before the update.
@@ -147,6 +148,7 @@ def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: 
 
     The old policy pi_theta_old is evaluated here, with theta_old = state.params, in exactly the minibatch shapes of
     the first epoch (order ``perm0``), so that on the first minibatch of the first epoch r_t(theta) is exactly 1.
+    With ``rollout.action_mask``, pi_old is masked with the stored masks, as pi is in ``loss_fn``.
     """
     T, B = rollout.rewards.shape
     N = T * B
@@ -154,10 +156,12 @@ def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: 
     obs = prepare_obs(spec, state, rollout.obs)
     flat_obs = obs.reshape((N,) + obs.shape[2:])
     flat_act = rollout.actions.reshape((N,) + rollout.actions.shape[2:])
+    mask = rollout.action_mask
+    flat_mask = None if mask is None else mask.reshape((N,) + mask.shape[2:])
     mb_idx = perm0.reshape(spec.num_minibatches, -1)
 
     def old_policy(_, idx):
-        dist, value = net.apply(state.params, flat_obs[idx])
+        dist, value = net.apply(state.params, flat_obs[idx], action_mask=None if flat_mask is None else flat_mask[idx])
         return None, (dist, dist.log_prob(flat_act[idx]), value)
 
     _, (old_dist, old_logp, old_values) = jax.lax.scan(old_policy, None, mb_idx)
@@ -175,7 +179,7 @@ def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: 
     advantages, targets = adv_lib.gae(rewards, old_values.reshape(T, B), rollout.terminated, rollout.truncated,
                                       final_values, last_value, hp.gamma, hp.gae_lambda)
     batch = Batch(obs=flat_obs, actions=flat_act, old_log_prob=old_logp, old_dist=old_dist, old_values=old_values,
-                  advantages=advantages.reshape(N), targets=targets.reshape(N))
+                  advantages=advantages.reshape(N), targets=targets.reshape(N), action_mask=flat_mask)
     return batch, ret_stats
 
 
@@ -219,7 +223,7 @@ def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip
     kernel, not one per mean).
     """
     objective = objectives.get(spec.objective)
-    dist, values = net.apply(params, mb.obs)
+    dist, values = net.apply(params, mb.obs, action_mask=mb.action_mask)
     log_prob = dist.log_prob(mb.actions)
     advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv else mb.advantages
     terms = PolicyTerms(log_prob=log_prob, old_log_prob=mb.old_log_prob, advantages=advantages,
@@ -334,16 +338,18 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
     obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
     reward_ok = _all_finite(rollout.rewards)
     params_ok = _all_finite(state.params)
+    mask_ok, mask_info = mask_metrics(net, rollout)
     batch, ret_stats = make_batch(spec, net, state, rollout, perms[0])
+    input_ok = obs_ok & reward_ok if mask_ok is None else obs_ok & reward_ok & mask_ok  # no update on an empty mask
     inputs = StepInputs(batch=batch, learning_rate=hp.learning_rate * a if spec.anneal_lr else hp.learning_rate,
                         clip_eps=hp.clip_eps * a if spec.anneal_clip else hp.clip_eps, beta=state.beta,
-                        hparams=hp, input_ok=obs_ok & reward_ok)
+                        hparams=hp, input_ok=input_ok)
     params, opt_state, carry = run_epochs(spec, net, state, inputs, perms)
     kind = carry.nonfinite_kind | jnp.where(obs_ok, 0, NONFINITE_BITS["observation"]) | jnp.where(
         reward_ok, 0, NONFINITE_BITS["reward"]) | jnp.where(params_ok, 0, NONFINITE_BITS["incoming parameters"])
 
     # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
-    new_dist, _ = net.apply(params, batch.obs, heads="policy")
+    new_dist, _ = net.apply(params, batch.obs, heads="policy", action_mask=batch.action_mask)
     kl = jnp.mean(batch.old_dist.kl(new_dist))
     controller = objectives.get(spec.objective).controller
     new_beta = controller(state.beta, kl, hp.kl_target) if controller is not None else state.beta
@@ -352,11 +358,30 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         ret_stats = state.ret_stats
     keep_inputs = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(inputs.input_ok, n, o), new, old)
     obs_stats, ret_stats = keep_inputs((obs_stats, ret_stats), (state.obs_stats, state.ret_stats))
-    metrics = _metrics(inputs, carry, kind, kl)
+    metrics = {**_metrics(inputs, carry, kind, kl), **mask_info}
+    if mask_ok is not None:  # an empty mask is the driver's error to raise, not a non-finite input
+        metrics["nonfinite_input"] = (~(obs_ok & reward_ok)).astype(jnp.float32)
     new_state = state.replace(params=params, opt_state=opt_state, beta=new_beta, obs_stats=obs_stats,
                               ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + T * B,
                               key=key)
     return new_state, metrics
+
+
+def mask_metrics(net: ActorCritic, rollout: Rollout) -> tuple[jax.Array | None, dict]:
+    """(usable, metrics) of a rollout's action masks [T, B, head]. ``usable``: bool, every step left a legal action
+    (None without masks). Metrics: ``illegal_action_rate`` (the fraction of actions their stored mask forbids; 0
+    without masks), ``legal_actions_mean`` (legal joint actions per step; without masks all, ``num_actions``) and,
+    with masks, ``empty_mask_at`` (int32 t * B + b of the first step with no legal action, -1 if none)."""
+    mask = rollout.action_mask
+    if mask is None:
+        return None, {"illegal_action_rate": jnp.zeros((), jnp.float32),
+                      "legal_actions_mean": jnp.asarray(net.action.num_actions, jnp.float32)}
+    nvec = net.action.nvec or None
+    usable = D.has_legal(mask, nvec).reshape(-1)
+    ok = jnp.all(usable)
+    return ok, {"illegal_action_rate": jnp.mean(~D.is_legal(mask, rollout.actions, nvec), dtype=jnp.float32),
+                "legal_actions_mean": jnp.mean(D.num_legal(mask, nvec)),
+                "empty_mask_at": jnp.where(ok, -1, jnp.argmin(usable)).astype(jnp.int32)}
 
 
 def _metrics(inputs: StepInputs, carry: SGDCarry, kind: jax.Array, kl: jax.Array) -> dict:

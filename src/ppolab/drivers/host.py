@@ -4,6 +4,10 @@ K agents (seeds x swept hyperparameters) x B actors share one vector env; the ac
 all K x B observations per step (or one jitted call for CNN policies), and the update one ``jax.vmap``-ed call.
 Random draws for acting come from per-agent numpy generators seeded from each agent's JAX key, so an agent's rollout
 does not depend on the other agents in the population.
+
+Action masks: an env with ``has_mask`` gives the mask of its current observations in ``env.mask`` ([K, B, head]
+bool, after every reset and step). Each step's masks are checked before acting (``ActionMaskError`` naming the step
+and the sub-env), restrict the sampled and the deterministic actions to legal ones, and are stored in the rollout.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppolab import distributions as D
 from ppolab import xla
 from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
@@ -24,9 +29,9 @@ from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
 
 
-def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, deterministic: bool = False):
-    """Single-agent jitted acting: obs [B, *obs] -> actions [B, ...]."""
-    dist, _ = net.apply(state.params, prepare_obs(spec, state, obs), heads="policy")
+def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, mask=None, deterministic: bool = False):
+    """Single-agent jitted acting: obs [B, *obs] (and mask [B, head] bool or None) -> actions [B, ...]."""
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, obs), heads="policy", action_mask=mask)
     return dist.mode() if deterministic else dist.sample(key)
 
 
@@ -47,6 +52,7 @@ class HostDriver:
     ``eval_env(n)`` builds the n actors of the final evaluation (in this process, never in Ray workers)."""
 
     iterations_per_call = 1
+    act_stream = 0x5EED  # fold_in constant of the jitted acting keys (JitDriver: ``drivers.jit.ACT_STREAM``)
 
     def __init__(self, cfg: Config, env: HostVecEnv, net: ActorCritic, spec: LearnerSpec, num_agents: int,
                  eval_env: Callable[[int], HostVecEnv]):
@@ -62,8 +68,9 @@ class HostDriver:
         self.backend = backend
         self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)))
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
-        self._act = jax.jit(lambda s, o, k, deterministic=False: jax.vmap(
-            functools.partial(act, spec, net, deterministic=deterministic))(s, o, k), static_argnames="deterministic")
+        self._act = jax.jit(lambda s, o, k, m=None, deterministic=False: jax.vmap(
+            functools.partial(act, spec, net, deterministic=deterministic))(s, o, k, m),
+            static_argnames="deterministic")
         self.obs = None
         K, T, B = self.K, self.T, self.B
         odt = np.uint8 if self.obs_spec.image else np.float32
@@ -73,6 +80,9 @@ class HostDriver:
         self._rew = np.zeros((K, T, B), np.float32)
         self._term = np.zeros((K, T, B), bool)
         self._trunc = np.zeros((K, T, B), bool)
+        self.masked = bool(getattr(env, "has_mask", False))
+        self._nvec = self.action_spec.nvec or None
+        self._mask_buf = np.zeros((K, T, B, self.action_spec.head_size), bool) if self.masked else None
 
     # ---- episodes ---------------------------------------------------------------------------------------------
     def start(self, seeds: list[int]):
@@ -87,7 +97,8 @@ class HostDriver:
         """Compile the update for every group shape now, from the train state's shapes alone (before any agent is
         initialized: XLA's compiler then starts from a smaller process, see training.py)."""
         rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
-                          truncated=self._trunc, final_obs=self._final, last_obs=self._obs[:, 0])
+                          truncated=self._trunc, final_obs=self._final, last_obs=self._obs[:, 0],
+                          action_mask=self._mask_buf)
         for state_g, rollout_g in zip(self.groups.abstract_parts(state_shapes), self.groups.abstract_parts(rollout),
                                       strict=True):
             self._learn.lower(state_g, rollout_g).compile()
@@ -112,12 +123,21 @@ class HostDriver:
         keys = np.asarray(jax.device_get(state.key))
         return [np.random.default_rng([int(x) for x in keys[k].ravel()] + [0x5EED]) for k in range(self.K)]
 
-    def _actions(self, policy, state, obs_stats_np, obs, noise_t, t, key):
+    def _mask(self, env: HostVecEnv, step: int) -> np.ndarray | None:
+        """The masks of ``env``'s current observations [K, B, head] (None without masks), checked: an
+        ``ActionMaskError`` names the step and the sub-env (agent-major index) of a mask with no legal action."""
+        if not self.masked:
+            return None
+        mask = env.mask
+        D.raise_if_empty(mask.reshape((-1,) + mask.shape[2:]), self._nvec, step=step)
+        return mask
+
+    def _actions(self, policy, state, obs_stats_np, obs, noise_t, t, key, mask):
         if policy is not None:
             x = _numpy_normalize(obs_stats_np, obs) if self.spec.normalize_obs else obs
-            return policy.sample_with_noise(x, noise_t)
+            return policy.sample_with_noise(x, noise_t, mask)
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, t)  # [K] per-agent keys
-        return np.asarray(self._act(state, jnp.asarray(obs), keys))
+        return np.asarray(self._act(state, jnp.asarray(obs), keys, mask))
 
     def collect(self, state: TrainState):
         """One rollout of T steps for every agent. Returns (Rollout with leaves [K, T, B, ...], episodes)."""
@@ -128,19 +148,23 @@ class HostDriver:
         if policy is not None:
             noise = np.stack([policy.draw_noise(rng, (self.T, self.B)) for rng in self._rngs(state)])
         else:
-            key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, 0x5EED)  # [K, 2], one per agent
+            key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, self.act_stream)  # [K, 2], one per agent
         episodes = []
         obs = self.obs
         for t in range(self.T):
             self._obs[:, t] = obs
-            action = self._actions(policy, state, obs_stats, obs, None if noise is None else noise[:, t], t, key)
+            mask = self._mask(self.env, t)
+            if mask is not None:
+                self._mask_buf[:, t] = mask
+            action = self._actions(policy, state, obs_stats, obs, None if noise is None else noise[:, t], t, key,
+                                   mask)
             self._act_buf[:, t] = action
             obs, rew, term, trunc, final, eps = self.env.step(action)
             self._rew[:, t], self._term[:, t], self._trunc[:, t], self._final[:, t] = rew, term, trunc, final
             episodes.extend(eps)
         self.obs = obs
         rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
-                          truncated=self._trunc, final_obs=self._final, last_obs=obs)
+                          truncated=self._trunc, final_obs=self._final, last_obs=obs, action_mask=self._mask_buf)
         return rollout, episodes
 
     def run(self, state: TrainState, num_iterations: int = 1):
@@ -166,13 +190,14 @@ class HostDriver:
             key = jax.random.PRNGKey(seed)
             t = 0
             while alive.any():
+                mask = self._mask(env, t)
                 if policy is not None:
                     x = _numpy_normalize(obs_stats, obs) if self.spec.normalize_obs else obs
                     noise = None if deterministic else np.stack([policy.draw_noise(r, (episodes,)) for r in rngs])
-                    action = policy.sample_with_noise(x, noise)
+                    action = policy.sample_with_noise(x, noise, mask)
                 else:
                     keys = jax.random.split(jax.random.fold_in(key, t), self.K)  # [K] per-agent keys
-                    action = np.asarray(self._act(state, jnp.asarray(obs), keys, deterministic=deterministic))
+                    action = np.asarray(self._act(state, jnp.asarray(obs), keys, mask, deterministic=deterministic))
                 obs, _, _, _, _, eps = env.step(action)
                 for ep in eps:
                     if alive[ep.agent, ep.actor]:

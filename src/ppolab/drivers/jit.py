@@ -1,10 +1,15 @@
-"""The fully jitted driver for JAX-native environments (gymnax, Brax).
+"""The fully jitted driver for JAX-native environments (gymnax, Brax, jumanji).
 
 One PPO iteration is a pure function of (train state, actor state): a ``lax.scan`` over T steps of B vmapped envs
 collects the rollout, then ``ppolab.update.learn`` updates. It is ``jax.vmap``-ed over the K agents of a population
 (leading axis [K] of ``TrainState`` and ``ActorState``) and ``iterations_per_call`` iterations are fused with a
 second ``lax.scan`` into one compiled program per host call. Acting keys derive from each agent's ``TrainState.key``
 and env keys from its ``ActorState.key``, so an agent's trajectory does not depend on the rest of the population.
+
+Action masks: an env with ``has_mask`` (jumanji) keeps the mask of the current observation in its state
+(``env.mask(state)``), so the actors' state, and with it a checkpoint, holds it. Each step's masks restrict the
+actions and are stored in the rollout; ``learn`` reports the first step without a legal action (``empty_mask_at``)
+and ``JitDriver.run`` raises ``ActionMaskError`` for it after the chunk, naming the iteration, step and sub-env.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ppolab import distributions as D
 from ppolab import xla
 from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
@@ -44,6 +50,7 @@ class Step(struct.PyTreeNode):
     """One step of B actors (scan output, stacked to [T, B, ...])."""
 
     obs: jax.Array          # [B, *obs] observation the action was chosen from
+    action_mask: jax.Array | None  # [B, head] bool, its action mask (None for an env without masks)
     actions: jax.Array      # [B, *act]
     rewards: jax.Array      # [B]
     terminated: jax.Array   # [B] bool
@@ -83,7 +90,8 @@ def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors
 
     Returns (next ActorState, Step). The policy sees ``prepare_obs`` (frozen normalization stats).
     """
-    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs), heads="policy")
+    mask = jax.vmap(env.mask)(actors.env_state) if getattr(env, "has_mask", False) else None
+    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs), heads="policy", action_mask=mask)
     action = dist.mode() if deterministic else dist.sample(key)
     env_key, step_key = jax.random.split(actors.key)
     B = actors.obs.shape[0]
@@ -94,15 +102,16 @@ def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors
     ep_length = actors.ep_length + 1
     nxt = ActorState(env_state=env_state, obs=next_obs, ep_return=jnp.where(done, 0.0, ep_return),
                      ep_length=jnp.where(done, 0, ep_length), key=env_key)
-    step = Step(obs=actors.obs, actions=action, rewards=reward, terminated=terminated, truncated=truncated,
-                final_obs=final_obs, ep_done=done, ep_return=ep_return, ep_length=ep_length)
+    step = Step(obs=actors.obs, action_mask=mask, actions=action, rewards=reward, terminated=terminated,
+                truncated=truncated, final_obs=final_obs, ep_done=done, ep_return=ep_return, ep_length=ep_length)
     return nxt, step
 
 
 def steps_to_rollout(steps: Step, last_obs) -> tuple[Rollout, Episodes]:
     """Stacked steps [T, B, ...] and the observation after the last step -> (Rollout, Episodes of this rollout)."""
     rollout = Rollout(obs=steps.obs, actions=steps.actions, rewards=steps.rewards, terminated=steps.terminated,
-                      truncated=steps.truncated, final_obs=steps.final_obs, last_obs=last_obs)
+                      truncated=steps.truncated, final_obs=steps.final_obs, last_obs=last_obs,
+                      action_mask=steps.action_mask)
     done = steps.ep_done
     episodes = Episodes(count=done.sum(0, dtype=jnp.int32), return_sum=jnp.where(done, steps.ep_return, 0.0).sum(0),
                         length_sum=jnp.where(done, steps.ep_length, 0).sum(0, dtype=jnp.int32))
@@ -162,24 +171,28 @@ def run_chunk(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, max_iter
 
 def evaluate_agent(env, spec: LearnerSpec, net: ActorCritic, num_episodes: int, deterministic: bool,
                    state: TrainState, key):
-    """First-episode return of each of ``num_episodes`` fresh actors of one agent. Returns [num_episodes] float32."""
+    """First-episode return of each of ``num_episodes`` fresh actors of one agent: (returns [num_episodes] float32,
+    int32 t * num_episodes + e of the first step where a running episode's mask had no legal action, or -1)."""
     actors = reset_actors(env, num_episodes, key)
     act_key = jax.random.fold_in(state.key, ACT_STREAM + 1)
 
     def cond(carry):
-        _, _, finished, t = carry
+        _, _, finished, t, _ = carry
         return ~jnp.all(finished) & (t < EVAL_MAX_STEPS)
 
     def body(carry):
-        actors, returns, finished, t = carry
+        actors, returns, finished, t, empty_at = carry
         actors, step = env_step(env, spec, net, state, actors, jax.random.fold_in(act_key, t), deterministic)
+        if step.action_mask is not None:
+            bad = ~D.has_legal(step.action_mask, net.action.nvec or None) & ~finished
+            empty_at = jnp.where((empty_at < 0) & bad.any(), t * num_episodes + jnp.argmax(bad), empty_at)
         returns = jnp.where(step.ep_done & ~finished, step.ep_return, returns)
-        return actors, returns, finished | step.ep_done, t + 1
+        return actors, returns, finished | step.ep_done, t + 1, empty_at
 
     init = (actors, jnp.full((num_episodes,), jnp.nan, jnp.float32), jnp.zeros((num_episodes,), bool),
-            jnp.asarray(0, jnp.int32))
-    _, returns, _, _ = jax.lax.while_loop(cond, body, init)
-    return returns
+            jnp.asarray(0, jnp.int32), jnp.asarray(-1, jnp.int32))
+    _, returns, _, _, empty_at = jax.lax.while_loop(cond, body, init)
+    return returns, empty_at
 
 
 @functools.partial(xla.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -224,8 +237,22 @@ def episodes_to_tuples(episodes: Episodes) -> list[Episode]:
     return out
 
 
+def raise_on_empty_mask(metrics: dict, n: int, first_iteration: int, num_envs: int) -> None:
+    """Host side, after a chunk: ``ActionMaskError`` for the first of its ``n`` iterations (numbered from
+    ``first_iteration``) in which a step's mask had no legal action (``empty_mask_at`` [n, K]: t * B + b or -1)."""
+    at = metrics.get("empty_mask_at")
+    for j in range(n if at is not None else 0):
+        agents = np.flatnonzero(np.asarray(at[j]) >= 0)
+        if agents.size:
+            k = int(agents[0])
+            t, b = divmod(int(at[j][k]), num_envs)
+            raise D.ActionMaskError(f"action mask with no legal action at iteration {first_iteration + j}, step {t}, "
+                                    f"sub-env {k * num_envs + b} (agent {k}, actor {b}): an env must leave at least "
+                                    "one legal action in every state it does not end")
+
+
 class JitDriver:
-    """K agents x B actors of a gymnax or Brax env, whole iterations compiled (see the module docstring; the
+    """K agents x B actors of a gymnax, Brax or jumanji env, whole iterations compiled (see the module docstring; the
     ``drivers.base.Driver`` contract)."""
 
     def __init__(self, cfg: Config, spec: LearnerSpec, num_agents: int):
@@ -297,9 +324,13 @@ class JitDriver:
         while done < num_iterations:
             n = min(self.iterations_per_call, num_iterations - done)
             # agent groups on parallel threads; metrics and episodes have the iteration axis first, agents second
-            state, self.actors, metrics, episodes = self.groups(self._chunk(n), state, self.actors,
-                                                                out_axes=(0, 0, 1, 1))
+            new_state, actors, metrics, episodes = self.groups(self._chunk(n), state, self.actors,
+                                                               out_axes=(0, 0, 1, 1))
             metrics, episodes = jax.device_get((metrics, episodes))
+            if "empty_mask_at" in metrics and (metrics["empty_mask_at"][:n] >= 0).any():  # before the actors move
+                # on: a checkpoint written for the error then holds the chunk's start
+                raise_on_empty_mask(metrics, n, int(np.asarray(state.iteration).ravel()[0]) + 1, self.B)
+            state, self.actors = new_state, actors
             for j in range(n):
                 all_metrics.append({k: v[j] for k, v in metrics.items()})
                 all_episodes.append(episodes_to_tuples(jax.tree_util.tree_map(lambda x, j=j: x[j], episodes)))
@@ -309,6 +340,11 @@ class JitDriver:
     def evaluate(self, state: TrainState, episodes: int, deterministic: bool, seed: int) -> np.ndarray:
         """[K, episodes]: the first episode of each of ``episodes`` fresh actors per agent (same env seeds for all
         agents; action sampling from each agent's own key)."""
-        returns = _evaluate_population(self.env, self.spec, self.net, episodes, deterministic, state,
-                                       jax.random.PRNGKey(seed))
-        return np.asarray(jax.device_get(returns), np.float64)
+        returns, empty_at = jax.device_get(_evaluate_population(self.env, self.spec, self.net, episodes,
+                                                                 deterministic, state, jax.random.PRNGKey(seed)))
+        for k in np.flatnonzero(np.asarray(empty_at) >= 0)[:1]:
+            t, e = divmod(int(empty_at[k]), episodes)
+            raise D.ActionMaskError(f"action mask with no legal action in the evaluation at step {t}, actor {e} of "
+                                    f"agent {k}: an env must leave at least one legal action in every state it does "
+                                    "not end")
+        return np.asarray(returns, np.float64)

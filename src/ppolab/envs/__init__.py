@@ -1,4 +1,5 @@
-"""Environment back-ends, chosen by the env id's prefix: ``gymnax:``, ``brax:``, ``envpool:``, else Gymnasium.
+"""Environment back-ends, chosen by the env id's prefix: ``gymnax:``, ``brax:``, ``jumanji:``, ``envpool:``, else
+Gymnasium.
 
 ``factory.py`` builds the environment a config names; ``base.py`` holds the contracts drivers rely on. Importing
 this package imports no environment library: each back-end is imported when it is used.

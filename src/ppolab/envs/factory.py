@@ -1,8 +1,9 @@
 """One factory for every environment back-end: ``Config.env`` -> the environment a driver steps.
 
 ``make_host_env`` builds a ``HostVecEnv`` (Gymnasium sub-envs in this process or in Ray actors, envpool) for the
-Python-loop driver; ``make_jax_env`` a ``JaxEnv`` (gymnax, Brax) for the jitted driver. Which of Ray or in-process
-sub-envs is decided here, not inside the Gymnasium adapter. Optional back-ends are imported when used.
+Python-loop driver; ``make_jax_env`` a ``JaxEnv`` (gymnax, Brax, jumanji) for the jitted driver. Which of Ray or
+in-process sub-envs is decided here, not inside the Gymnasium adapter. Optional back-ends are imported when used.
+``--action-mask`` is applied here: with ``off`` an env offers no mask (``has_mask`` False) and drivers act unmasked.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from ppolab.options import parse_env_kwargs
 from ppolab.signals import WorkersIgnoreStopSignals
 
 HOST_BACKENDS = ("gymnasium", "envpool")
-JAX_BACKENDS = ("gymnax", "brax")
+JAX_BACKENDS = ("gymnax", "brax", "jumanji")
 
 
 def make_host_env(cfg: Config, num_agents: int, num_envs: int, distributed: bool = True) -> HostVecEnv:
@@ -45,13 +46,14 @@ def _gymnasium(cfg: Config, name: str, num_agents: int, num_envs: int, distribut
             root = module_root(name)
             vector_env = RayVectorEnv(name, num_agents * num_envs, cfg.ray_workers, cfg.vector_mode, env_kwargs,
                                       extra.get("wrappers"), cfg.ray_address, cfg.ray_worker_cpus,
-                                      sys_path=[root] if root else None)
+                                      sys_path=[root] if root else None, action_mask=cfg.action_mask)
         return GymnasiumVecEnv(name, num_agents, num_envs, cfg.vector_mode, env_kwargs, extra.get("wrappers"),
-                               extra.get("episode_info", False), vector_env=vector_env, timeout=cfg.env_timeout)
+                               extra.get("episode_info", False), vector_env=vector_env, timeout=cfg.env_timeout,
+                               action_mask=cfg.action_mask)
 
 
 def make_jax_env(cfg: Config) -> JaxEnv:
-    """The gymnax or Brax adapter for ``cfg.env`` (pure single-actor reset/step functions)."""
+    """The gymnax, Brax or jumanji adapter for ``cfg.env`` (pure single-actor reset/step functions)."""
     backend, name = backend_of(cfg.env)
     if backend == "gymnax":
         from ppolab.envs.gymnax_env import GymnaxEnv
@@ -61,7 +63,12 @@ def make_jax_env(cfg: Config) -> JaxEnv:
         from ppolab.envs.brax_env import BraxEnv
 
         return BraxEnv(name, backend=cfg.brax_backend)
-    raise ConfigError(f"{cfg.env!r} is not a JAX-native environment; the jitted driver takes gymnax:NAME or brax:NAME")
+    if backend == "jumanji":
+        from ppolab.envs.jumanji_env import JumanjiEnv
+
+        return JumanjiEnv(name, use_mask=cfg.action_mask != "off")
+    raise ConfigError(f"{cfg.env!r} is not a JAX-native environment; the jitted driver takes gymnax:NAME, brax:NAME "
+                      "or jumanji:NAME")
 
 
 def is_jax_native(cfg: Config) -> bool:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from ppolab.envs import probes
+
+from ppolab.envs import gymnasium_masks, masked_probes, probes
 from ppolab.envs.base import Episode
 from ppolab.envs.cartpole_vector import same_step_cartpole_class
 from ppolab.envs.errors import EnvError, EnvFaultError, SubEnvError
@@ -63,6 +64,7 @@ def check_env_id(env_id: str) -> None:
     import gymnasium as gym
 
     probes.register()
+    masked_probes.register()
     name = import_env_module(env_id)
     try:
         gym.spec(name)
@@ -115,11 +117,12 @@ def check_vector_mode(env_id: str, mode: str) -> None:
 
 
 def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwargs: dict | None = None,
-                       wrappers: list | None = None):
+                       wrappers: list | None = None, action_mask: str = "auto"):
     """A Gymnasium vector env in SAME_STEP autoreset mode. ``mode``: sync (``LeanSyncVectorEnv``, the default),
     gym-sync (``gymnasium.vector.SyncVectorEnv``), async (``gymnasium.vector.AsyncVectorEnv``) or vector (the env's
     own vectorized implementation, Gymnasium's vector entry point; CartPole-v0/v1 only, as
-    ``SameStepCartPoleVectorEnv``)."""
+    ``SameStepCartPoleVectorEnv``). An env with action masks (``action_mask`` auto|off, see
+    ``gymnasium_masks``) gets its mask appended to its observations."""
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
@@ -136,7 +139,9 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
     wrappers = list(wrappers or [])
     probe = _make_one(env_id, env_kwargs or {}, wrappers)
     try:
-        if _needs_flatten(probe.observation_space):
+        if gymnasium_masks.mask_source(probe, action_mask) is not None:
+            wrappers.append(functools.partial(gymnasium_masks.wrap, mode=action_mask))
+        elif _needs_flatten(probe.observation_space):
             wrappers.append(gym.wrappers.FlattenObservation)
     finally:
         probe.close()
@@ -234,18 +239,23 @@ class GymnasiumVecEnv:
     Episode returns and lengths are tracked per actor from the rewards, unless ``episode_info`` is set: then they are
     read from ``info["episode"]`` as written by an inner ``RecordEpisodeStatistics`` (Atari: the true game score
     while the agent sees clipped rewards and life-loss terminations).
+    Action masks (``gymnasium_masks``; ``action_mask`` auto|off): where ``has_mask``, ``mask`` [K, B, head] bool holds
+    the masks of the observations the last ``reset`` / ``step`` returned; they are cut off the observations (and
+    final observations), which the network sees without them.
     """
 
     def __init__(self, env_id: str, num_agents: int, num_envs: int, mode: str = "sync", env_kwargs=None,
-                 wrappers=None, episode_info: bool = False, vector_env=None, timeout: float = 0.0):
+                 wrappers=None, episode_info: bool = False, vector_env=None, timeout: float = 0.0,
+                 action_mask: str = "auto"):
         self.env_id, self.K, self.B = env_id, num_agents, num_envs
         self.episode_info = episode_info
         self.timeout, self.steps = timeout, 0  # --env-timeout (0: none); env steps since this process started
         # the K x B sub-envs: in this process, or ``vector_env`` built elsewhere (e.g. Ray actors, envs/factory.py)
         self.env = vector_env if vector_env is not None else make_gymnasium_vec(
-            env_id, num_agents * num_envs, mode, env_kwargs, wrappers)
+            env_id, num_agents * num_envs, mode, env_kwargs, wrappers, action_mask)
         self.obs_spec: ObsSpec = obs_spec_from_gymnasium(self.env.single_observation_space)
         self.action_spec: ActionSpec = action_spec_from_gymnasium(self.env.single_action_space)
+        self._init_masks(action_mask)
         spec = self.action_spec
         self._low = np.asarray(spec.low, np.float32) if spec.kind == "box" and spec.low else None
         self._high = np.asarray(spec.high, np.float32) if self._low is not None else None
@@ -261,7 +271,7 @@ class GymnasiumVecEnv:
         obs, _ = self._guarded("reset", self.env.reset, seed=seeds)
         self._ret[:] = 0
         self._len[:] = 0
-        return self._shape(self._checked(np.asarray(obs), "reset"))
+        return self._shape(self._checked(self._split(np.asarray(obs)), "reset"))
 
     def step(self, actions: np.ndarray):
         """actions [K, B, ...] -> next_obs, reward, terminated, truncated, final_obs [K, B, ...], finished episodes
@@ -271,7 +281,7 @@ class GymnasiumVecEnv:
             flat = np.minimum(np.maximum(flat, self._low), self._high)  # np.clip's wrapper costs ~3 us a call
         self.steps += 1
         obs, rew, term, trunc, info = self._guarded("step", self.env.step, flat)
-        obs = self._checked(np.asarray(obs), "step")
+        obs = self._checked(self._split(np.asarray(obs)), "step")
         rew = np.asarray(rew, np.float64)
         final = obs
         episodes = []
@@ -287,7 +297,7 @@ class GymnasiumVecEnv:
             final = obs.copy()
             mask = info["_final_obs"]
             for i in np.flatnonzero(mask):
-                final[i] = info["final_obs"][i]
+                final[i] = self._split(np.asarray(info["final_obs"][i]), keep=False)
             for i in np.flatnonzero(term | trunc):
                 if not self.episode_info:
                     episodes.append(Episode(i // self.B, i % self.B, float(self._ret[i]), int(self._len[i])))
@@ -298,6 +308,25 @@ class GymnasiumVecEnv:
 
     def close(self):
         self.env.close()
+
+    # ---- action masks ---------------------------------------------------------------------------------------------
+    def _init_masks(self, mode: str) -> None:
+        """The mask entries at the end of each observation (``gymnasium_masks``), and whether they are used."""
+        self._mask_size = gymnasium_masks.mask_size(self.env.single_observation_space)
+        if self._mask_size:
+            self.obs_spec = ObsSpec((self.obs_spec.shape[0] - self._mask_size,), "float32")
+        self.has_mask = bool(self._mask_size) and mode != "off"
+        if self.has_mask:
+            gymnasium_masks.check_mask_size(self._mask_size, self.action_spec)
+        self.mask: np.ndarray | None = None
+
+    def _split(self, obs: np.ndarray, keep: bool = True) -> np.ndarray:
+        """Observations [..., obs + mask] -> [..., obs]; the masks of a reset's or step's observations (``keep``)
+        are kept in ``self.mask`` [K, B, head] when used."""
+        obs, mask = gymnasium_masks.split_mask(obs, self._mask_size)
+        if keep and self.has_mask and obs.ndim == 2 and len(obs) == self.K * self.B:  # else ``_checked`` reports
+            self.mask = self._shape(mask)
+        return obs
 
     # ---- faults ---------------------------------------------------------------------------------------------------
     def _where(self, i: int | None, what: str) -> str:

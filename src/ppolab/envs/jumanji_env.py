@@ -11,7 +11,8 @@ observations has the mask with no change to the six outputs of ``step``; the mas
 not fed to the network. Layout: like the policy head's logits, [n] for Discrete(n), [sum(nvec)] for MultiDiscrete
 (jumanji's per-sub-action [len(nvec), max(nvec)] masks, e.g. JobShop's, are cut to each sub-action's nvec and
 concatenated). A joint mask of shape nvec (BinPack's) has no per-sub-action form and is rejected. An env without an
-``action_mask`` field gets an all-True mask and ``has_mask = False``.
+``action_mask`` field gets an all-True mask and ``has_mask = False``; ``use_mask=False`` (``--action-mask off``) sets
+``has_mask = False`` too, so drivers ignore the mask (the env's own handling of ends is unchanged).
 
 Observations. jumanji's are named tuples; every field but ``action_mask`` is flattened (its pytree leaves, in field
 order, raveled) and cast to float32, concatenated into one vector: Knapsack-v1 [150] (weights, values, packed_items),
@@ -88,9 +89,9 @@ def action_spec_from_jumanji(spec) -> ActionSpec:
 
 class JumanjiEnv:
     """One jumanji env (``jumanji.make(name)``, default arguments) as pure functions of one actor; see the module
-    docstring. Hashable by (name, end_without_legal_action), so jitted programs built from it are cached."""
+    docstring. Hashable by (name, end_without_legal_action, use_mask), so jitted programs built from it are cached."""
 
-    def __init__(self, name: str, end_without_legal_action: bool = True):
+    def __init__(self, name: str, end_without_legal_action: bool = True, use_mask: bool = True):
         try:
             import jumanji
         except ImportError:
@@ -98,7 +99,7 @@ class JumanjiEnv:
         if name not in jumanji.registered_environments():
             raise ConfigError(f"unknown jumanji environment {name!r}; choose one of: "
                               f"{', '.join(sorted(jumanji.registered_environments()))}")
-        self.name, self.end_without_legal_action = name, end_without_legal_action
+        self.name, self.end_without_legal_action, self.use_mask = name, end_without_legal_action, use_mask
         self.env = jumanji.make(name)
         self.action_spec = action_spec_from_jumanji(self.env.action_spec)
         if tuple(self.env.reward_spec.shape) != ():
@@ -106,20 +107,22 @@ class JumanjiEnv:
                                         "(multi-agent); ppolab supports single-agent envs with scalar rewards")
         _, ts = jax.eval_shape(self.env.reset, jax.random.PRNGKey(0))
         fields = _fields(ts.observation)
-        self.has_mask = "action_mask" in fields
-        if self.has_mask:
+        self._provides_mask = "action_mask" in fields
+        if self._provides_mask:
             self._check_mask_shape(tuple(fields["action_mask"].shape))
+        self.has_mask = self._provides_mask and use_mask  # whether drivers should act on ``mask(state)``
         size = sum(int(np.prod(x.shape)) for k, v in fields.items() if k != "action_mask"
                    for x in jax.tree_util.tree_leaves(v))
         self.obs_spec = ObsSpec((size,), "float32")
         self._time_limit_only = _TIME_LIMIT_ONLY.get(name)
 
     def __hash__(self):
-        return hash(("jumanji", self.name, self.end_without_legal_action))
+        return hash(("jumanji", self.name, self.end_without_legal_action, self.use_mask))
 
     def __eq__(self, other):
         return (isinstance(other, JumanjiEnv) and other.name == self.name
-                and other.end_without_legal_action == self.end_without_legal_action)
+                and other.end_without_legal_action == self.end_without_legal_action
+                and other.use_mask == self.use_mask)
 
     def _check_mask_shape(self, shape: tuple[int, ...]) -> None:
         spec = self.action_spec
@@ -140,7 +143,7 @@ class JumanjiEnv:
 
     def _mask(self, obs) -> jax.Array:
         """jumanji observation -> bool [head_size] in the logits' layout."""
-        if not self.has_mask:
+        if not self._provides_mask:
             return jnp.ones((self.action_spec.head_size,), bool)
         m = jnp.asarray(_fields(obs)["action_mask"], bool)
         if self.action_spec.kind == "multidiscrete":

@@ -4,7 +4,8 @@ The design is SEED RL's (Espeholt et al. 2020, arXiv 1910.06591) on Ray's actors
 K x B sub-environments as an ordinary local vector env; the learner process keeps the policy, computes every action
 in one batched forward pass, and sends each worker its shard's actions. A worker steps its shard and returns the
 observations, rewards, terminated/truncated flags and the SAME_STEP autoreset information (the final observation of
-every episode that ended, and Gymnasium's episode statistics where a wrapper records them).
+every episode that ended, and Gymnasium's episode statistics where a wrapper records them). Action masks travel
+inside the observations (``gymnasium_masks``: each worker's sub-envs append theirs), so they need nothing here.
 
 ``RayVectorEnv`` has the interface of a Gymnasium vector env in SAME_STEP autoreset mode, so ``GymnasiumVecEnv``
 wraps it unchanged. Sub-env i is seeded with the same seed as without Ray, and the actions are computed where they
@@ -54,7 +55,7 @@ class ShardWorker:
     """One Ray actor's shard: a local vector env of ``num_envs`` sub-envs (``make_gymnasium_vec``)."""
 
     def __init__(self, env_id: str, num_envs: int, mode: str, env_kwargs: dict | None, wrappers: list | None,
-                 sys_path: list[str] | None = None):
+                 sys_path: list[str] | None = None, action_mask: str = "auto"):
         import sys
 
         from ppolab.envs import atari
@@ -65,7 +66,7 @@ class ShardWorker:
                 sys.path.append(p)
         if atari.is_atari(env_id):  # this process has not registered ALE's ids yet
             atari.register_ale()
-        self.env = make_gymnasium_vec(env_id, num_envs, mode, env_kwargs, wrappers)
+        self.env = make_gymnasium_vec(env_id, num_envs, mode, env_kwargs, wrappers, action_mask)
 
     def spaces(self):
         return self.env.single_observation_space, self.env.single_action_space
@@ -104,7 +105,8 @@ class RayVectorEnv:
 
     def __init__(self, env_id: str, num_envs: int, num_workers: int, mode: str = "sync",
                  env_kwargs: dict | None = None, wrappers: list | None = None, address: str = "",
-                 worker_cpus: float = 1.0, compiled: bool = True, sys_path: list[str] | None = None):
+                 worker_cpus: float = 1.0, compiled: bool = True, sys_path: list[str] | None = None,
+                 action_mask: str = "auto"):
         if num_workers > num_envs:
             raise EnvError(f"--ray-workers {num_workers} is more than the {num_envs} environments to step (num_envs "
                            f"x agents); use at most {num_envs} workers")
@@ -123,7 +125,7 @@ class RayVectorEnv:
             bounds = np.linspace(0, num_envs, num_workers + 1).round().astype(int)
             self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             actor = ray.remote(num_cpus=worker_cpus)(ShardWorker)
-            self.workers = [actor.remote(env_id, s.stop - s.start, mode, env_kwargs, wrappers, sys_path)
+            self.workers = [actor.remote(env_id, s.stop - s.start, mode, env_kwargs, wrappers, sys_path, action_mask)
                             for s in self.slices]
             spaces = self._get([w.spaces.remote() for w in self.workers])
         except BaseException:

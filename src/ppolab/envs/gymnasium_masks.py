@@ -1,0 +1,106 @@
+"""Action masks of Gymnasium envs, carried inside the observations, so that every vector mode moves them unchanged.
+
+Two conventions (issue 13): a ``Dict`` observation with an ``action_mask`` key (PettingZoo's), and an
+``action_masks()`` method (sb3-contrib's; found through wrappers with ``get_wrapper_attr``). ``MaskInObservation``
+wraps one sub-env: its observation is the float32 vector ``[flatten(rest), mask as 0/1]``, where ``rest`` is the
+observation without the mask (the whole observation for the method convention), and its space is a
+``MaskedObservationSpace``: a Box that knows its ``mask_size``. A vector env (ppolab's lean one, Gymnasium's sync and
+async ones, Ray workers) then stacks and sends these like any Box observation, final observations included, and the
+mask of the next episode's first observation comes with it after an autoreset; ``GymnasiumVecEnv`` cuts the last
+``mask_size`` columns off (``split_mask``), so the mask is never fed to the network.
+
+The method is called in the sub-env's own ``reset`` and ``step`` (in its own process for async and Ray workers), so
+gathering the masks costs no extra round trip. A Dict mask is always split off, also with ``--action-mask off`` (the
+network then sees the same observation as with masks; only the masking differs).
+
+The mask's layout is the policy head's: [n] for Discrete(n), [sum(nvec)] for MultiDiscrete (sub-action after
+sub-action), True or 1 = legal.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ppolab.spaces import UnsupportedSpaceError
+
+
+def mask_source(env, mode: str = "auto") -> str | None:
+    """Where ``env`` (one Gymnasium env) gives its action masks: "obs" (a Dict observation with an ``action_mask``
+    key, split off in every mode), "method" (``action_masks()``; not with ``mode`` "off") or None."""
+    space = env.observation_space
+    if isinstance(space, spaces.Dict) and "action_mask" in space.spaces:
+        return "obs"
+    if mode == "off":
+        return None
+    try:
+        method = env.get_wrapper_attr("action_masks")
+    except AttributeError:
+        return None
+    return "method" if callable(method) else None
+
+
+def check_mask_size(size: int, action_spec) -> None:
+    """``UnsupportedSpaceError`` unless a mask of ``size`` entries fits ``action_spec`` (an ``ActionSpec``): one
+    entry per logit of a Discrete or MultiDiscrete action."""
+    if action_spec.kind not in ("discrete", "multidiscrete"):
+        raise UnsupportedSpaceError(f"action masks need a Discrete or MultiDiscrete action space, not "
+                                    f"{action_spec.kind}; pass --action-mask off to ignore the mask")
+    if size != action_spec.head_size:
+        raise UnsupportedSpaceError(f"the env's action mask has {size} entries; its action space needs "
+                                    f"{action_spec.head_size} (one per action value, sub-action after sub-action)")
+
+
+class MaskedObservationSpace(spaces.Box):
+    """A float32 Box [obs_size + mask_size] whose last ``mask_size`` entries are the action mask (0 or 1)."""
+
+    def __init__(self, low, high, mask_size: int, seed=None):
+        low = np.concatenate([np.asarray(low, np.float32), np.zeros(mask_size, np.float32)])
+        high = np.concatenate([np.asarray(high, np.float32), np.ones(mask_size, np.float32)])
+        super().__init__(low, high, low.shape, np.float32, seed=seed)
+        self.mask_size = int(mask_size)
+
+
+class MaskInObservation(gym.ObservationWrapper):
+    """One env's observation as ``[flatten(rest), mask]`` float32 (see the module docstring)."""
+
+    def __init__(self, env, source: str):
+        super().__init__(env)
+        self.source, space = source, env.observation_space
+        if source == "obs":
+            self.mask_size = spaces.flatdim(space.spaces["action_mask"])
+            space = spaces.Dict({k: v for k, v in space.spaces.items() if k != "action_mask"})
+        else:
+            n = env.action_space.n if isinstance(env.action_space, spaces.Discrete) else None
+            self.mask_size = int(n if n is not None else np.sum(getattr(env.action_space, "nvec", 0)))
+        self._rest = space
+        flat = spaces.flatten_space(space)
+        self.observation_space = MaskedObservationSpace(flat.low, flat.high, self.mask_size)
+
+    def observation(self, observation):
+        mask = observation["action_mask"] if self.source == "obs" else self.env.get_wrapper_attr("action_masks")()
+        mask = np.asarray(mask).reshape(-1)
+        if mask.size != self.mask_size:
+            raise ValueError(f"action mask of {mask.size} entries; the action space needs {self.mask_size} (one per "
+                             "action value, sub-action after sub-action)")
+        rest = spaces.flatten(self._rest, observation)
+        return np.concatenate([np.asarray(rest, np.float32).reshape(-1), mask.astype(np.float32)])
+
+
+def wrap(env, mode: str = "auto"):
+    """``env`` with ``MaskInObservation`` where it has a mask (``mask_source``), else ``env`` itself."""
+    source = mask_source(env, mode)
+    return env if source is None else MaskInObservation(env, source)
+
+
+def mask_size(space) -> int:
+    """The mask entries at the end of a vector env's single observation space (0 for an env without masks)."""
+    return int(getattr(space, "mask_size", 0))
+
+
+def split_mask(obs: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """obs [..., rest + size] -> (observation [..., rest], mask [..., size] bool); ``size`` 0: (obs, None)."""
+    if not size:
+        return obs, None
+    return obs[..., :-size], obs[..., -size:] > 0.5
