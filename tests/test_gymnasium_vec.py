@@ -10,7 +10,10 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 import ppolab
 from ppolab.cli import main
 from ppolab.config import Config
+from ppolab.envs import probes
 from ppolab.envs.gymnasium_vec import EnvError, GymnasiumVecEnv, LeanSyncVectorEnv, make_gymnasium_vec
+
+probes.register()  # the ppolab/ probe ids, used here with gymnasium.make directly (ppolab registers them on use)
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "ppolab/ConstantTruncated-v0", "ppolab/DictObsMultiDiscrete-v0"])

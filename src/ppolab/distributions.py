@@ -75,7 +75,24 @@ class DiagGaussian(struct.PyTreeNode):
                        axis=-1)
 
 
-class MultiCategorical(struct.PyTreeNode):
+class _Factored:
+    """A product of independent sub-distributions (``self._parts()``, one per sub-action): the mode and samples
+    stack, log-probs, entropies and KLs add."""
+
+    def mode(self):
+        return jnp.stack([c.mode() for c in self._parts()], axis=-1)
+
+    def log_prob(self, action):
+        return sum(c.log_prob(action[..., i]) for i, c in enumerate(self._parts()))
+
+    def entropy(self):
+        return sum(c.entropy() for c in self._parts())
+
+    def kl(self, other):
+        return sum(p.kl(q) for p, q in zip(self._parts(), other._parts(), strict=True))
+
+
+class MultiCategorical(_Factored, struct.PyTreeNode):
     """Independent categoricals (MultiDiscrete). logits: [..., sum(nvec)], split statically by ``nvec``."""
 
     logits: jax.Array
@@ -89,17 +106,6 @@ class MultiCategorical(struct.PyTreeNode):
         keys = jax.random.split(key, len(self.nvec))
         return jnp.stack([c.sample(k) for c, k in zip(self._parts(), keys, strict=True)], axis=-1)
 
-    def mode(self):
-        return jnp.stack([c.mode() for c in self._parts()], axis=-1)
-
-    def log_prob(self, action):
-        return sum(c.log_prob(action[..., i]) for i, c in enumerate(self._parts()))
-
-    def entropy(self):
-        return sum(c.entropy() for c in self._parts())
-
-    def kl(self, other: MultiCategorical):
-        return sum(p.kl(q) for p, q in zip(self._parts(), other._parts(), strict=True))
 
 
 class Bernoulli(struct.PyTreeNode):
@@ -204,7 +210,7 @@ class MaskedCategorical(struct.PyTreeNode):
         return jnp.where(uncovered, jnp.inf, kl)
 
 
-class MaskedMultiCategorical(struct.PyTreeNode):
+class MaskedMultiCategorical(_Factored, struct.PyTreeNode):
     """Independent masked categoricals (MultiDiscrete), one mask per sub-action.
 
     logits, mask: [..., sum(nvec)], split statically by ``nvec`` (the mask of sub-action i is its own slice)."""
@@ -227,17 +233,6 @@ class MaskedMultiCategorical(struct.PyTreeNode):
         us = jnp.split(u, np.cumsum(self.nvec)[:-1].tolist(), axis=-1)
         return jnp.stack([c.sample_with_noise(x) for c, x in zip(self._parts(), us, strict=True)], axis=-1)
 
-    def mode(self):
-        return jnp.stack([c.mode() for c in self._parts()], axis=-1)
-
-    def log_prob(self, action):
-        return sum(c.log_prob(action[..., i]) for i, c in enumerate(self._parts()))
-
-    def entropy(self):
-        return sum(c.entropy() for c in self._parts())
-
-    def kl(self, other: MaskedMultiCategorical):
-        return sum(p.kl(q) for p, q in zip(self._parts(), other._parts(), strict=True))
 
 
 def with_mask(dist, mask: jax.Array | None):

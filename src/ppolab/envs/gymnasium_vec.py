@@ -336,6 +336,8 @@ class GymnasiumVecEnv:
     def _guarded(self, what: str, fn, *args, **kwargs):
         """``fn(...)`` with an env's own exception (or ``--env-timeout``) turned into ``EnvFaultError``."""
         try:
+            if not self.timeout:
+                return fn(*args, **kwargs)
             with Deadline(self.timeout, f"{what} did not return within --env-timeout {self.timeout:g} s"):
                 return fn(*args, **kwargs)
         except SubEnvError as e:
