@@ -12,7 +12,8 @@ from ppolab import resources
 from ppolab.config import SWEEPABLE, Config
 from ppolab.drivers.base import Driver
 from ppolab.envs.factory import is_jax_native, make_host_env
-from ppolab.networks import ActorCritic, make_network
+from ppolab.models import make_model
+from ppolab.networks import ActorCritic
 from ppolab.types import HParams, TrainState
 from ppolab.update import LearnerSpec, init_state
 
@@ -35,7 +36,7 @@ def make_driver(cfg: Config, num_agents: int) -> tuple[Driver, ActorCritic, Lear
         resources.check_fits(cfg, num_agents, *resources.probe_host_env(one))
     env = make_host_env(cfg, num_agents, cfg.num_envs)
     try:
-        net = make_network(cfg, env.obs_spec, env.action_spec)
+        net = make_model(cfg, env.obs_spec, env.action_spec)
         eval_env = functools.partial(make_host_env, cfg, num_agents, distributed=False)
         return HostDriver(cfg, env, net, spec, num_agents, eval_env=eval_env), net, spec
     except Exception:

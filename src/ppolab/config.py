@@ -37,8 +37,7 @@ def backend_of(env_id: str) -> tuple[str, str]:
     return "gymnasium", env_id
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid. The message names the value and what is allowed."""
+from ppolab.config_values import ConfigError, coerce  # noqa: E402  (re-exported: ``config.ConfigError``)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +103,14 @@ class Config:
     """Orthogonal init (gain sqrt 2 hidden, 0.01 policy head, 1 value head)."""
     log_std_init: float = 0.0
     """Initial state-independent log std of Gaussian policies."""
+    policy: Literal["feedforward", "lstm", "gru"] = "feedforward"
+    """Feed-forward (MLP; Nature CNN on images), or an LSTM / GRU cell after that torso (ppolab.recurrent)."""
+    rnn_size: int = 128
+    """Width of the recurrent cell (--policy lstm|gru)."""
+    rnn_separate: bool = False
+    """Separate actor and critic torso+cell (default: one torso and cell for both heads)."""
+    seq_len: int = 0
+    """Recurrent update: sequences of this many steps, each from its stored start carry (0: whole rollouts)."""
     normalize_obs: bool = False
     """Running mean/std normalization of observations (clip 10), kept in the train state."""
     normalize_reward: bool = False
@@ -116,6 +123,8 @@ class Config:
     """Gymnasium vector env: sync (ppolab's lean in-process loop over the envs), gym-sync (gymnasium's SyncVectorEnv),
     async (gymnasium's AsyncVectorEnv, one process per env), vector (the env's own vectorized implementation,
     Gymnasium's vector entry point, all envs in one numpy step; available for CartPole-v0/v1)."""
+    frame_stack: int = 4
+    """Atari: frames stacked in one observation (the paper: 4; a recurrent policy can use 1)."""
     env_kwargs: str = ""
     """Gymnasium envs: keyword arguments for gymnasium.make, as JSON ('{"max_episode_steps": 100}') or
     key=value pairs separated by commas (values read as JSON where they parse, else as strings)."""
@@ -282,6 +291,7 @@ def validate(cfg: Config) -> Config:
     _check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes),
            f"--hidden-sizes must be positive widths (got {cfg.hidden_sizes!r})")
     _check(cfg.activation in ("tanh", "relu"), f"--activation must be tanh or relu (got {cfg.activation!r})")
+    _check(1 <= cfg.frame_stack <= 16, f"--frame-stack must be 1..16 frames (got {cfg.frame_stack})")
     _check(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {cfg.eval_episodes})")
     _check(cfg.checkpoint_every >= 0, f"--checkpoint-every must be >= 0 (got {cfg.checkpoint_every})")
     _check(math.isfinite(cfg.checkpoint_every_s) and cfg.checkpoint_every_s >= 0,
@@ -339,61 +349,5 @@ def from_dict(d: dict) -> Config:
     return Config(**kwargs)
 
 
-def _short(v) -> str:
-    """A bounded repr of a value from a user's file (never the whole of a huge or deeply shared structure)."""
-    import reprlib
-
-    r = reprlib.Repr()  # (keyword arguments only from Python 3.12)
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
-    return r.repr(v)
-
-
-class _BadValue(ConfigError):
-    """A value of the wrong type; the message is bounded (``_short``) and built only when raised."""
-
-    def __init__(self, key, v, default, label: str | None):
-        expected = ("a number or a list of numbers" if key in SWEEPABLE else "a list of integers"
-                    if key == "hidden_sizes" else type(default).__name__ if default is not None else "a value or null")
-        super().__init__(f"{label or f'config key {key!r}'} has value {_short(v)} of type {type(v).__name__}; "
-                         f"expected {expected}")
-
-
 def _coerce(key, v, default, label: str | None = None):
-    bad = lambda: _BadValue(key, v, default, label)  # built only when raised
-    if key in SWEEPABLE:
-        if isinstance(v, tuple):
-            if not v or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v):
-                raise bad()
-            return tuple(float(x) for x in v) if len(v) > 1 else float(v[0])
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise bad()
-        return float(v)
-    if key == "hidden_sizes":
-        if not isinstance(v, tuple) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v):
-            raise bad()
-        return tuple(int(x) for x in v)
-    if v is None:
-        if default is None or key in ("vf_clip", "max_grad_norm", "target_kl", "preset", "run_dir"):
-            return None
-        raise bad()
-    if isinstance(default, bool):
-        if not isinstance(v, bool):
-            raise bad()
-        return v
-    if isinstance(default, int):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise bad()
-        return int(v)
-    if isinstance(default, float) or key in ("vf_clip", "max_grad_norm", "target_kl"):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise bad()
-        return float(v)
-    if isinstance(default, str) or key in ("preset", "run_dir"):
-        if not isinstance(v, str):
-            raise bad()
-        choices = _literal_choices().get(key)
-        if choices and v not in choices:
-            raise ConfigError(f"{label or f'config key {key!r}'} has value {_short(v)}; choose one of: "
-                              f"{', '.join(choices)}")
-        return v
-    return v
+    return coerce(key, v, default, label, SWEEPABLE, _literal_choices().get(key))

@@ -48,6 +48,10 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     ortho_init: bool = True
     log_std_init: float = 0.0
+    recurrent = False  # ``recurrent.RecurrentActorCritic`` takes (obs, starts, carry) and returns a carry too
+
+    def init_params(self, key, batch: int = 1):
+        return self.init(key, jnp.zeros((batch,) + self.obs.shape, jnp.uint8 if self.obs.image else jnp.float32))
 
     def _mlp(self, x, prefix):
         act = jnp.tanh if self.activation == "tanh" else nn.relu
@@ -96,6 +100,7 @@ class ActorCritic(nn.Module):
 
 
 def make_network(cfg, obs: ObsSpec, action: ActionSpec) -> ActorCritic:
+    """The feed-forward network of ``cfg`` (``models.make_model`` picks it or a recurrent one)."""
     return ActorCritic(obs=obs, action=action, hidden_sizes=tuple(cfg.hidden_sizes), activation=cfg.activation,
                        shared_torso=cfg.shared_torso, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init)
 
@@ -145,35 +150,42 @@ class NumpyPolicy:
         return np.matmul(x, self.head[0]) + self.head[1]
 
     def draw_noise(self, rng: np.random.Generator, shape: tuple) -> np.ndarray:
-        """Pre-drawn randomness for ``shape`` (e.g. [T, B]) steps: standard normals for Gaussians, uniforms else."""
-        full = tuple(shape) + (self.net.action.head_size,)
-        if self.net.action.kind == "box":
-            return rng.standard_normal(full, dtype=np.float32)
-        return rng.random(full, dtype=np.float32)
+        return draw_noise(self.net.action, rng, shape)
 
     def sample_with_noise(self, obs: np.ndarray, noise: np.ndarray | None,
                           mask: np.ndarray | None = None) -> np.ndarray:
         """obs [K, B, *obs] (already normalized), noise [K, B, head] or None for the mode -> actions [K, B, ...].
         ``mask`` [K, B, head] bool: only legal actions (the best legal one for the mode), same noise convention."""
-        out = self.head_out(obs)
-        spec = self.net.action
-        if mask is not None:
-            return D.masked_sample_numpy(out, mask, noise, spec.nvec if spec.kind == "multidiscrete" else None)
-        if spec.kind == "discrete":
-            return _sample_categorical(out, noise)
-        if spec.kind == "box":
-            return out if noise is None else out + self.std * noise
-        if spec.kind == "multidiscrete":
-            splits = np.cumsum(spec.nvec)[:-1]
-            parts = zip(np.split(out, splits, axis=-1),
-                        np.split(noise, splits, axis=-1) if noise is not None else [None] * len(spec.nvec),
-                        strict=True)
-            return np.stack([_sample_categorical(lg, u) for lg, u in parts], axis=-1)
-        if spec.kind == "multibinary":
-            if noise is None:
-                return (out > 0).astype(np.int32)
-            return (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.int32)
-        raise ValueError(spec.kind)
+        return sample_from_head(self.net.action, self.head_out(obs), noise, mask, self.std)
+
+
+def draw_noise(spec: ActionSpec, rng: np.random.Generator, shape: tuple) -> np.ndarray:
+    """Pre-drawn randomness for ``shape`` (e.g. [T, B]) steps: standard normals for Gaussians, uniforms else."""
+    full = tuple(shape) + (spec.head_size,)
+    if spec.kind == "box":
+        return rng.standard_normal(full, dtype=np.float32)
+    return rng.random(full, dtype=np.float32)
+
+
+def sample_from_head(spec: ActionSpec, out: np.ndarray, noise: np.ndarray | None, mask: np.ndarray | None,
+                     std: np.ndarray | None) -> np.ndarray:
+    """Actions from the policy head's output ``out`` [..., head] and pre-drawn ``noise`` (None: the mode)."""
+    if mask is not None:
+        return D.masked_sample_numpy(out, mask, noise, spec.nvec if spec.kind == "multidiscrete" else None)
+    if spec.kind == "discrete":
+        return _sample_categorical(out, noise)
+    if spec.kind == "box":
+        return out if noise is None else out + std * noise
+    if spec.kind == "multidiscrete":
+        splits = np.cumsum(spec.nvec)[:-1]
+        parts = zip(np.split(out, splits, axis=-1),
+                    np.split(noise, splits, axis=-1) if noise is not None else [None] * len(spec.nvec), strict=True)
+        return np.stack([_sample_categorical(lg, u) for lg, u in parts], axis=-1)
+    if spec.kind == "multibinary":
+        if noise is None:
+            return (out > 0).astype(np.int32)
+        return (noise < 1.0 / (1.0 + np.exp(-out))).astype(np.int32)
+    raise ValueError(spec.kind)
 
 
 def _sample_categorical(logits, u):

@@ -30,6 +30,10 @@ BACKEND_OPTIONS: dict[str, tuple[str, ...]] = {
 NEEDS = {"ray_address": "ray_workers", "ray_worker_cpus": "ray_workers"}
 
 
+def is_atari_id(env_id: str) -> bool:  # as ``envs.atari.is_atari``, without importing an env library
+    return env_id.startswith("ALE/") or "NoFrameskip" in env_id
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -69,6 +73,38 @@ def check_options_apply(cfg: Config) -> None:
         if other is not None and not getattr(cfg, other):
             raise ConfigError(f"{_flag(name)} {_shown(value):.60} does nothing without {_flag(other)}")
     parse_env_kwargs(cfg.env_kwargs)
+    if cfg.frame_stack != base.frame_stack and not (backend == "gymnasium" and is_atari_id(cfg.env)):
+        raise ConfigError(f"--frame-stack {cfg.frame_stack} does nothing with {cfg.env!r}; it applies to Atari "
+                          "environments (ALE/*-v5, *NoFrameskip-v4)")
+    check_recurrent(cfg, base)
+
+
+#: Options of recurrent policies (``--policy lstm|gru``).
+RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "seq_len")
+
+
+def check_recurrent(cfg: Config, base: Config) -> None:
+    """The recurrent options: refused with a feed-forward policy; the sequences of the update must split exactly."""
+    if cfg.policy == "feedforward":
+        for name in RECURRENT_OPTIONS:
+            if getattr(cfg, name) != getattr(base, name):
+                raise ConfigError(f"{_flag(name)} {_shown(getattr(cfg, name))} does nothing with --policy "
+                                  "feedforward; it applies to --policy lstm / gru")
+        return
+    if cfg.shared_torso != base.shared_torso:
+        raise ConfigError(f"--shared-torso {cfg.shared_torso} does nothing with --policy {cfg.policy}: the torso is "
+                          "shared with the cell unless --rnn-separate gives actor and critic a torso and cell each")
+    if cfg.rnn_size <= 0:
+        raise ConfigError(f"--rnn-size must be a positive width (got {cfg.rnn_size})")
+    L = cfg.seq_len or cfg.num_steps
+    if cfg.seq_len < 0 or cfg.num_steps % L:
+        raise ConfigError(f"--seq-len {cfg.seq_len} must divide --num-steps {cfg.num_steps} (0: whole rollouts); "
+                          f"try a divisor of {cfg.num_steps}")
+    sequences = cfg.num_steps // L * cfg.num_envs
+    if sequences % cfg.num_minibatches:
+        raise ConfigError(f"--num-minibatches {cfg.num_minibatches} must divide the {sequences} sequences of a "
+                          f"recurrent update (num_envs {cfg.num_envs} x num_steps {cfg.num_steps} / seq_len {L}): "
+                          "minibatches are whole sequences; lower --num-minibatches or --seq-len")
 
 
 def parse_env_kwargs(text: str) -> dict:

@@ -28,6 +28,17 @@ PPO2_ATARI = dict(
     normalize_obs=False, normalize_reward=False, eval_deterministic=False,
 )
 
+#: CleanRL's ppo_atari_lstm.py (Huang et al. 2022, "The 37 implementation details of PPO", the LSTM variant): the
+#: Nature CNN, then an LSTM of 128, heads on its output; no frame stacking (the cell remembers); 8 actors x 128
+#: steps, 4 epochs x 4 minibatches of 2 whole actor sequences, lr 2.5e-4 annealed, clip 0.1 (also on the value),
+#: ent 0.01, value loss 0.5 * 0.5 (c1 = 0.25 in eq. 9's form), gradient-norm clip 0.5, Adam eps 1e-5.
+CLEANRL_ATARI_LSTM = dict(
+    env="ALE/Breakout-v5", total_timesteps=10_000_000, num_envs=8, num_steps=128, num_epochs=4, num_minibatches=4,
+    learning_rate=2.5e-4, anneal_lr=True, clip_eps=0.1, anneal_clip=False, vf_coef=0.25, ent_coef=0.01, gamma=0.99,
+    gae_lambda=0.95, norm_adv=True, vf_clip=0.1, max_grad_norm=0.5, adam_eps=1e-5, policy="lstm", rnn_size=128,
+    frame_stack=1, normalize_obs=False, normalize_reward=False, eval_deterministic=False,
+)
+
 PRESETS: dict[str, dict] = {
     # The default: CartPole-v1 solved (return 500) within 100k steps. RL-Zoo-like settings.
     "cartpole": dict(env="CartPole-v1"),
@@ -65,4 +76,5 @@ PRESETS: dict[str, dict] = {
     ),
     "paper-atari": PAPER_ATARI,
     "ppo2-atari": PPO2_ATARI,
+    "cleanrl-atari-lstm": CLEANRL_ATARI_LSTM,
 }

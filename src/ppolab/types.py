@@ -51,6 +51,10 @@ class Rollout(struct.PyTreeNode):
     last_obs is the observation after the final step, for V(s_T). action_mask[t] is the mask of obs[t] (True =
     legal, laid out like the policy head's logits: [n] for Discrete, [sum(nvec)] for MultiDiscrete), or None for an
     env without masks (a None leaf: the unmasked program is unchanged).
+
+    Recurrent policies (None otherwise): starts[t] is True where obs[t] is an episode's first observation (the carry
+    is reset there); carries is the actors' carry before step c * L of each of the C = T / L sequences (``seq_len``
+    L), leaves [C, B, H], as acting had it (before that step's reset).
     """
 
     obs: jax.Array          # [T, B, *obs]
@@ -61,10 +65,14 @@ class Rollout(struct.PyTreeNode):
     final_obs: jax.Array    # [T, B, *obs]
     last_obs: jax.Array     # [B, *obs]
     action_mask: jax.Array | None = None  # [T, B, head] bool, or None
+    starts: jax.Array | None = None       # [T, B] bool (recurrent policies)
+    carries: Any = None                   # leaves [C, B, H] (recurrent policies)
 
 
 class Batch(struct.PyTreeNode):
-    """A flattened batch of N = T * B samples as the update sees it."""
+    """A flattened batch of N = T * B samples as the update sees it. For a recurrent policy the leading axis is
+    instead the S = C * B sequences and every per-sample leaf is [S, L, ...]; ``starts`` [S, L] and ``carry``
+    (leaves [S, H], the carry before each sequence's first step) are then set (None otherwise)."""
 
     obs: jax.Array          # [N, *obs] normalized
     actions: jax.Array      # [N, *act]
@@ -74,3 +82,5 @@ class Batch(struct.PyTreeNode):
     advantages: jax.Array   # [N]
     targets: jax.Array      # [N] V^targ = A + V_old
     action_mask: jax.Array | None = None  # [N, head] bool: pi_old and pi are both masked with it (or None)
+    starts: jax.Array | None = None       # [S, L] bool (recurrent policies)
+    carry: Any = None                     # leaves [S, H] (recurrent policies)

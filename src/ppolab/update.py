@@ -18,22 +18,19 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 
 from ppolab import advantages as adv_lib
-from ppolab import distributions as D
 from ppolab import normalize as norm_lib
 from ppolab import objectives
+from ppolab.batches import apply_batch, make_batch, num_units, prepare_obs
+from ppolab.batches import take as take_rows
 from ppolab.config import Config
+from ppolab.diagnostics import METRIC_KEYS, NONFINITE_BITS, Diagnostics, flag_bits, mask_metrics, update_metrics
 from ppolab.networks import ActorCritic
 from ppolab.objectives import PolicyTerms, value_loss_term
 from ppolab.types import Batch, HParams, Params, Rollout, TrainState
 
-METRIC_KEYS = (
-    "policy_loss", "value_loss", "entropy", "kl", "approx_kl", "clip_fraction", "explained_variance",
-    "ratio_min", "ratio_max", "beta", "learning_rate", "clip_eps", "grad_norm", "minibatches_done",
-    "nonfinite_input", "nonfinite_update", "nonfinite_kind", "illegal_action_rate", "legal_actions_mean",
-)
-#: Bits of the ``nonfinite_kind`` metric: which quantities were non-finite in this update (0 when all were finite).
-#: "parameters": the parameters after a minibatch step; "incoming parameters": already before the update.
-NONFINITE_BITS = {"observation": 1, "reward": 2, "loss": 4, "gradient": 8, "parameters": 16, "incoming parameters": 32}
+__all__ = ["METRIC_KEYS", "NONFINITE_BITS", "LearnerSpec", "init_state", "learn", "loss_fn", "make_batch",
+           "prepare_obs"]
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +50,14 @@ class LearnerSpec:
     normalize_obs: bool
     normalize_reward: bool
     target_kl: float | None
+    seq_len: int = 0  # recurrent policies: L, the length of the update's sequences (0: a feed-forward policy)
 
     @classmethod
     def from_config(cls, cfg: Config) -> LearnerSpec:
         return cls(cfg.objective, cfg.num_epochs, cfg.num_minibatches, cfg.num_iterations, cfg.norm_adv,
                    cfg.vf_clip, cfg.max_grad_norm, cfg.adam_eps, cfg.anneal_lr, cfg.anneal_clip,
-                   cfg.normalize_obs, cfg.normalize_reward, cfg.target_kl)
+                   cfg.normalize_obs, cfg.normalize_reward, cfg.target_kl,
+                   0 if cfg.policy == "feedforward" else cfg.seq_len or cfg.num_steps)
 
 
 def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
@@ -71,8 +70,7 @@ def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
 def init_state(spec: LearnerSpec, net: ActorCritic, key: jax.Array, hparams: HParams, num_envs: int) -> TrainState:
     """A fresh single-agent train state (vmap it over keys and hparams for a population)."""
     init_key, key = jax.random.split(key)
-    dummy = jnp.zeros((1,) + net.obs.shape, jnp.uint8 if net.obs.image else jnp.float32)
-    params = net.init(init_key, dummy)
+    params = net.init_params(init_key)
     return TrainState(
         params=params, opt_state=make_optimizer(spec).init(params), hparams=hparams,
         beta=jnp.asarray(hparams.kl_beta, jnp.float32), obs_stats=norm_lib.RunningMeanStd.create(net.obs.shape),
@@ -83,13 +81,6 @@ def init_state(spec: LearnerSpec, net: ActorCritic, key: jax.Array, hparams: HPa
 def alpha(spec: LearnerSpec, iteration: jax.Array) -> jax.Array:
     """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last)."""
     return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
-
-
-def prepare_obs(spec: LearnerSpec, state: TrainState, obs: jax.Array) -> jax.Array:
-    """Observation as the network sees it (normalized with the frozen running stats when enabled)."""
-    if spec.normalize_obs:
-        return norm_lib.normalize_obs(state.obs_stats, obs)
-    return obs
 
 
 def _all_finite(tree) -> jax.Array:
@@ -137,85 +128,6 @@ def shuffles(key: jax.Array, num: int, n: int) -> jax.Array:
     return perm
 
 
-def _take(tree, idx: jax.Array):
-    return jax.tree_util.tree_map(lambda x: x[idx], tree)
-
-
-def make_batch(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout,
-               perm0: jax.Array) -> tuple[Batch, norm_lib.ReturnStats]:
-    """Advantages (eqs. 11-12) and the old policy's quantities for a rollout [T, B]: (Batch of N = T * B samples,
-    updated return statistics). ``perm0``: int32 [N], the first epoch's sample order.
-
-    The old policy pi_theta_old is evaluated here, with theta_old = state.params, in exactly the minibatch shapes of
-    the first epoch (order ``perm0``), so that on the first minibatch of the first epoch r_t(theta) is exactly 1.
-    With ``rollout.action_mask``, pi_old is masked with the stored masks, as pi is in ``loss_fn``.
-    """
-    T, B = rollout.rewards.shape
-    N = T * B
-    hp = state.hparams
-    obs = prepare_obs(spec, state, rollout.obs)
-    flat_obs = obs.reshape((N,) + obs.shape[2:])
-    flat_act = rollout.actions.reshape((N,) + rollout.actions.shape[2:])
-    mask = rollout.action_mask
-    flat_mask = None if mask is None else mask.reshape((N,) + mask.shape[2:])
-    mb_idx = perm0.reshape(spec.num_minibatches, -1)
-
-    def old_policy(_, idx):
-        dist, value = net.apply(state.params, flat_obs[idx], action_mask=None if flat_mask is None else flat_mask[idx])
-        return None, (dist, dist.log_prob(flat_act[idx]), value)
-
-    _, (old_dist, old_logp, old_values) = jax.lax.scan(old_policy, None, mb_idx)
-    inv = jnp.zeros((N,), jnp.int32).at[perm0].set(jnp.arange(N, dtype=jnp.int32), unique_indices=True)
-    unperm = lambda x: x.reshape((N,) + x.shape[2:])[inv]
-    old_dist, old_logp, old_values = jax.tree_util.tree_map(unperm, (old_dist, old_logp, old_values))
-
-    _, last_value = net.apply(state.params, prepare_obs(spec, state, rollout.last_obs), heads="value")
-    _, final_values = net.apply(state.params, prepare_obs(spec, state, rollout.final_obs), heads="value")
-    rewards = rollout.rewards.astype(jnp.float32)
-    ret_stats = state.ret_stats
-    if spec.normalize_reward:
-        ret_stats, rewards = norm_lib.scale_rewards(
-            state.ret_stats, rewards, rollout.terminated | rollout.truncated, hp.gamma)
-    advantages, targets = adv_lib.gae(rewards, old_values.reshape(T, B), rollout.terminated, rollout.truncated,
-                                      final_values, last_value, hp.gamma, hp.gae_lambda)
-    batch = Batch(obs=flat_obs, actions=flat_act, old_log_prob=old_logp, old_dist=old_dist, old_values=old_values,
-                  advantages=advantages.reshape(N), targets=targets.reshape(N), action_mask=flat_mask)
-    return batch, ret_stats
-
-
-#: ``Diagnostics.values``' order: six summed over the minibatches taken (reported as means), the ratio's min and max.
-DIAGNOSTICS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm", "ratio_min",
-               "ratio_max")
-MEAN_KEYS = DIAGNOSTICS[:6]
-
-
-class Diagnostics(struct.PyTreeNode):
-    """Minibatch diagnostics, read by name (``diag.approx_kl``: the k3 estimate E[(r - 1) - log r]), held as one
-    vector: the epochs' running sums stay one vector operation a minibatch (eight scalar ones: Hopper 37 -> 47 ms)."""
-
-    values: jax.Array  # float32 [8], in ``DIAGNOSTICS`` order
-
-    @classmethod
-    def of(cls, **named: jax.Array) -> Diagnostics:
-        return cls(jnp.stack([jnp.asarray(named[k], jnp.float32) for k in DIAGNOSTICS]))
-
-    @classmethod
-    def empty(cls) -> Diagnostics:
-        return cls(jnp.asarray([0.0] * 6 + [jnp.inf, -jnp.inf], jnp.float32))
-
-    def accumulate(self, mb: Diagnostics) -> Diagnostics:
-        """Running sums (the first six), minimum and maximum of the ratio."""
-        a, b = self.values, mb.values
-        return Diagnostics(jnp.concatenate([a[:6] + b[:6], jnp.minimum(a[6:7], b[6:7]), jnp.maximum(a[7:], b[7:])]))
-
-    def with_grad_norm(self, grad_norm: jax.Array) -> Diagnostics:
-        return Diagnostics(self.values.at[DIAGNOSTICS.index("grad_norm")].set(grad_norm))
-
-
-for _i, _name in enumerate(DIAGNOSTICS):
-    setattr(Diagnostics, _name, property(lambda self, i=_i: self.values[i], doc=f"``{_name}`` (scalar)"))
-
-
 def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip_eps: jax.Array, beta: jax.Array,
             hp: HParams) -> tuple[jax.Array, Diagnostics]:
     """-L^{policy} + c1 L^VF - c2 S  (eq. 9 with the chosen policy surrogate), and the minibatch's diagnostics.
@@ -224,7 +136,7 @@ def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip
     kernel, not one per mean).
     """
     objective = objectives.get(spec.objective)
-    dist, values = net.apply(params, mb.obs, action_mask=mb.action_mask)
+    dist, values = apply_batch(net, params, mb)  # [M] samples, or [M, L] sequences of a recurrent policy
     log_prob = dist.log_prob(mb.actions)
     advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv else mb.advantages
     terms = PolicyTerms(log_prob=log_prob, old_log_prob=mb.old_log_prob, advantages=advantages,
@@ -237,9 +149,9 @@ def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip
         dist.entropy(),                                                          # S
         (ratio - 1.0) - log_ratio,                                               # k3 estimate of the KL
         (jnp.abs(ratio - 1.0) > clip_eps).astype(jnp.float32),                   # clipped or not
-    ])
+    ]).reshape(5, -1)
     surrogate, v_loss, entropy, approx_kl, clip_fraction = jnp.mean(per_sample, axis=1)
-    neg_min, ratio_max = jnp.max(jnp.stack([-ratio, ratio]), axis=1)
+    neg_min, ratio_max = jnp.max(jnp.stack([-ratio, ratio]).reshape(2, -1), axis=1)
     loss = -surrogate + hp.vf_coef * v_loss - hp.ent_coef * entropy
     return loss, Diagnostics.of(policy_loss=-surrogate, value_loss=v_loss, entropy=entropy, approx_kl=approx_kl,
                                 clip_fraction=clip_fraction, grad_norm=jnp.zeros_like(loss), ratio_min=-neg_min,
@@ -269,18 +181,11 @@ class SGDCarry(struct.PyTreeNode):
     nonfinite_kind: jax.Array  # int32: ``NONFINITE_BITS`` of what was non-finite
 
 
-def _flag_bits(flag: jax.Array, loss_ok: jax.Array, grads_ok: jax.Array, new_ok: jax.Array) -> jax.Array:
-    """The ``NONFINITE_BITS`` of a minibatch step whose update would have been applied (``flag``)."""
-    return jnp.where(flag & ~loss_ok, NONFINITE_BITS["loss"], 0) \
-        | jnp.where(flag & ~grads_ok, NONFINITE_BITS["gradient"], 0) \
-        | jnp.where(flag & ~new_ok, NONFINITE_BITS["parameters"], 0)
-
-
 def sgd_step(spec: LearnerSpec, net: ActorCritic, tx: optax.GradientTransformation, unravel: Callable,
              inputs: StepInputs, carry: SGDCarry, idx: jax.Array) -> tuple[SGDCarry, None]:
     """One Adam step on the minibatch ``idx`` (int32 [M]) of ``inputs.batch``; skipped (and counted) when the loss,
     the gradient or the new parameters are not finite, or once the target-KL early stop has fired."""
-    mb = _take(inputs.batch, idx)
+    mb = take_rows(inputs.batch, idx)
     flat_loss = lambda p, *a: loss_fn(unravel(p), *a)
     (loss, diag), grads = jax.value_and_grad(flat_loss, has_aux=True)(
         carry.params, spec, net, mb, inputs.clip_eps, inputs.beta, inputs.hparams)
@@ -301,7 +206,7 @@ def sgd_step(spec: LearnerSpec, net: ActorCritic, tx: optax.GradientTransformati
     carry = SGDCarry(params=pick(new_params, carry.params), opt_state=pick(new_opt, carry.opt_state),
                      stopped=stopped, sums=pick(running, carry.sums), steps=carry.steps + take,
                      skipped=carry.skipped + (~finite & ~stopped),
-                     nonfinite_kind=carry.nonfinite_kind | _flag_bits(~stopped & inputs.input_ok, loss_ok, grads_ok,
+                     nonfinite_kind=carry.nonfinite_kind | flag_bits(~stopped & inputs.input_ok, loss_ok, grads_ok,
                                                                        new_ok))
     return carry, None
 
@@ -334,7 +239,7 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
     hp = state.hparams
     T, B = rollout.rewards.shape
     key, perm_key = jax.random.split(state.key)
-    perms = shuffles(perm_key, spec.num_epochs, T * B)
+    perms = shuffles(perm_key, spec.num_epochs, num_units(spec, rollout))
     a = alpha(spec, state.iteration)
     obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
     reward_ok = _all_finite(rollout.rewards)
@@ -350,7 +255,7 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         reward_ok, 0, NONFINITE_BITS["reward"]) | jnp.where(params_ok, 0, NONFINITE_BITS["incoming parameters"])
 
     # d = E_t[KL[pi_old(.|s_t), pi_theta(.|s_t)]] over the whole batch, after the update (section 4).
-    new_dist, _ = net.apply(params, batch.obs, heads="policy", action_mask=batch.action_mask)
+    new_dist, _ = apply_batch(net, params, batch, heads="policy")
     kl = jnp.mean(batch.old_dist.kl(new_dist))
     controller = objectives.get(spec.objective).controller
     new_beta = controller(state.beta, kl, hp.kl_target) if controller is not None else state.beta
@@ -359,42 +264,10 @@ def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollo
         ret_stats = state.ret_stats
     keep_inputs = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(inputs.input_ok, n, o), new, old)
     obs_stats, ret_stats = keep_inputs((obs_stats, ret_stats), (state.obs_stats, state.ret_stats))
-    metrics = {**_metrics(inputs, carry, kind, kl), **mask_info}
+    metrics = {**update_metrics(inputs, carry, kind, kl), **mask_info}
     if mask_ok is not None:  # an empty mask is the driver's error to raise, not a non-finite input
         metrics["nonfinite_input"] = (~(obs_ok & reward_ok)).astype(jnp.float32)
     new_state = state.replace(params=params, opt_state=opt_state, beta=new_beta, obs_stats=obs_stats,
                               ret_stats=ret_stats, iteration=state.iteration + 1, env_steps=state.env_steps + T * B,
                               key=key)
     return new_state, metrics
-
-
-def mask_metrics(net: ActorCritic, rollout: Rollout) -> tuple[jax.Array | None, dict]:
-    """(usable, metrics) of a rollout's action masks [T, B, head]. ``usable``: bool, every step left a legal action
-    (None without masks). Metrics: ``illegal_action_rate`` (the fraction of actions their stored mask forbids; 0
-    without masks), ``legal_actions_mean`` (legal joint actions per step; without masks all, ``num_actions``) and,
-    with masks, ``empty_mask_at`` (int32 t * B + b of the first step with no legal action, -1 if none)."""
-    mask = rollout.action_mask
-    if mask is None:
-        return None, {"illegal_action_rate": jnp.zeros((), jnp.float32),
-                      "legal_actions_mean": jnp.asarray(net.action.num_actions, jnp.float32)}
-    nvec = net.action.nvec or None
-    usable = D.has_legal(mask, nvec).reshape(-1)
-    ok = jnp.all(usable)
-    return ok, {"illegal_action_rate": jnp.mean(~D.is_legal(mask, rollout.actions, nvec), dtype=jnp.float32),
-                "legal_actions_mean": jnp.mean(D.num_legal(mask, nvec)),
-                "empty_mask_at": jnp.where(ok, -1, jnp.argmin(usable)).astype(jnp.int32)}
-
-
-def _metrics(inputs: StepInputs, carry: SGDCarry, kind: jax.Array, kl: jax.Array) -> dict:
-    """The update's metrics, {``METRIC_KEYS``: scalar}: the minibatch diagnostics averaged over the steps taken."""
-    batch = inputs.batch
-    n = jnp.maximum(carry.steps, 1).astype(jnp.float32)
-    var_t = jnp.var(batch.targets)
-    metrics = {k: getattr(carry.sums, k) / n for k in MEAN_KEYS}
-    metrics.update(
-        ratio_min=carry.sums.ratio_min, ratio_max=carry.sums.ratio_max, kl=kl, beta=inputs.beta,
-        learning_rate=inputs.learning_rate, clip_eps=inputs.clip_eps, minibatches_done=carry.steps.astype(jnp.float32),
-        explained_variance=jnp.where(var_t > 0, 1.0 - jnp.var(batch.targets - batch.old_values) / var_t, 0.0),
-        nonfinite_input=(~inputs.input_ok).astype(jnp.float32), nonfinite_update=carry.skipped.astype(jnp.float32),
-        nonfinite_kind=kind.astype(jnp.float32))
-    return metrics

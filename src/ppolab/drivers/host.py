@@ -24,7 +24,8 @@ from ppolab import xla
 from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
 from ppolab.envs.base import HostVecEnv
-from ppolab.networks import ActorCritic, NumpyPolicy
+from ppolab.networks import ActorCritic, NumpyPolicy, draw_noise
+from ppolab.recurrent import NumpyRecurrentPolicy
 from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
 
@@ -33,6 +34,14 @@ def act(spec: LearnerSpec, net: ActorCritic, state: TrainState, obs, key, mask=N
     """Single-agent jitted acting: obs [B, *obs] (and mask [B, head] bool or None) -> actions [B, ...]."""
     dist, _ = net.apply(state.params, prepare_obs(spec, state, obs), heads="policy", action_mask=mask)
     return dist.mode() if deterministic else dist.sample(key)
+
+
+def act_recurrent(spec: LearnerSpec, net, state: TrainState, obs, starts, carry, key, mask=None,
+                  deterministic: bool = False):
+    """``act`` for a recurrent policy: also starts [B] bool and carry (leaves [B, H]) -> (actions [B, ...], carry)."""
+    dist, _, carry = net.apply(state.params, prepare_obs(spec, state, obs), starts, carry, heads="policy",
+                               action_mask=mask, sequence=False)
+    return (dist.mode() if deterministic else dist.sample(key)), carry
 
 
 def _numpy_normalize(stats, obs):
@@ -60,17 +69,19 @@ class HostDriver:
         self.eval_env = eval_env
         self.B, self.T = cfg.num_envs, cfg.num_steps
         self.obs_spec, self.action_spec = env.obs_spec, env.action_spec
+        self.recurrent = net.recurrent
+        self._numpy_policy = NumpyRecurrentPolicy if self.recurrent else NumpyPolicy
         backend = cfg.act_backend
         if backend == "auto":
-            backend = "numpy" if NumpyPolicy.supports(net) else "jax"
-        if backend == "numpy" and not NumpyPolicy.supports(net):
+            backend = "numpy" if self._numpy_policy.supports(net) else "jax"
+        if backend == "numpy" and not self._numpy_policy.supports(net):
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
         self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)))
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
-        self._act = jax.jit(lambda s, o, k, m=None, deterministic=False: jax.vmap(
-            functools.partial(act, spec, net, deterministic=deterministic))(s, o, k, m),
-            static_argnames="deterministic")
+        fn = act_recurrent if self.recurrent else act
+        self._act = jax.jit(lambda s, *a, deterministic=False: jax.vmap(
+            functools.partial(fn, spec, net, deterministic=deterministic))(s, *a), static_argnames="deterministic")
         self.obs = None
         K, T, B = self.K, self.T, self.B
         odt = np.uint8 if self.obs_spec.image else np.float32
@@ -83,11 +94,24 @@ class HostDriver:
         self.masked = bool(getattr(env, "has_mask", False))
         self._nvec = self.action_spec.nvec or None
         self._mask_buf = np.zeros((K, T, B, self.action_spec.head_size), bool) if self.masked else None
+        self.memory = None  # recurrent policies: (starts [K, B] bool, carry leaves [K, B, H]) of the current obs
+        self._starts_buf = self._carry_buf = None
+        if self.recurrent:
+            self._starts_buf = np.zeros((K, T, B), bool)
+            self._carry_buf = self._fresh_carry((K, T // spec.seq_len, B))
+
+    def _fresh_carry(self, batch_shape):
+        return jax.tree_util.tree_map(np.array, self.net.initial_carry(batch_shape))  # writable copies
+
+    def _fresh_memory(self, n: int):
+        """(starts, carry) of K x n actors at their episodes' first observations (None for feed-forward)."""
+        return (np.ones((self.K, n), bool), self._fresh_carry((self.K, n))) if self.recurrent else None
 
     # ---- episodes ---------------------------------------------------------------------------------------------
     def start(self, seeds: list[int]):
         """Reset every actor with its own seed (K * B seeds)."""
         self.obs = self.env.reset(seeds)
+        self.memory = self._fresh_memory(self.B)
 
     def close(self):
         self.env.close()
@@ -98,7 +122,7 @@ class HostDriver:
         initialized: XLA's compiler then starts from a smaller process, see training.py)."""
         rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
                           truncated=self._trunc, final_obs=self._final, last_obs=self._obs[:, 0],
-                          action_mask=self._mask_buf)
+                          action_mask=self._mask_buf, starts=self._starts_buf, carries=self._carry_buf)
         for state_g, rollout_g in zip(self.groups.abstract_parts(state_shapes), self.groups.abstract_parts(rollout),
                                       strict=True):
             self._learn.lower(state_g, rollout_g).compile()
@@ -117,7 +141,7 @@ class HostDriver:
     def _policy(self, state: TrainState):
         if self.backend != "numpy":
             return None
-        return NumpyPolicy.from_params(self.net, jax.device_get(state.params))
+        return self._numpy_policy.from_params(self.net, jax.device_get(state.params))
 
     def _rngs(self, state: TrainState):
         keys = np.asarray(jax.device_get(state.key))
@@ -132,12 +156,28 @@ class HostDriver:
         D.raise_if_empty(mask.reshape((-1,) + mask.shape[2:]), self._nvec, step=step)
         return mask
 
-    def _actions(self, policy, state, obs_stats_np, obs, noise_t, t, key, mask):
+    def _actions(self, policy, state, obs_stats_np, obs, noise_t, keys, mask, memory, deterministic=False):
+        """Actions [K, B, ...] for obs [K, B, *obs] and the recurrent ``memory`` (starts, carry) after this step
+        (None for feed-forward): numpy (pre-drawn ``noise_t``) or jitted (``keys`` [K], one per agent)."""
         if policy is not None:
             x = _numpy_normalize(obs_stats_np, obs) if self.spec.normalize_obs else obs
-            return policy.sample_with_noise(x, noise_t, mask)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, t)  # [K] per-agent keys
-        return np.asarray(self._act(state, jnp.asarray(obs), keys, mask))
+            if memory is None:
+                return policy.sample_with_noise(x, noise_t, mask), None
+            action, carry = policy.sample_with_noise(x, memory[0], memory[1], noise_t, mask)
+            return action, (memory[0], carry)
+        if memory is None:
+            return np.asarray(self._act(state, jnp.asarray(obs), keys, mask, deterministic=deterministic)), None
+        action, carry = self._act(state, jnp.asarray(obs), memory[0], memory[1], keys, mask,
+                                  deterministic=deterministic)
+        return np.asarray(action), (memory[0], jax.tree_util.tree_map(np.asarray, carry))
+
+    def _record_memory(self, t: int):
+        """Store the current starts, and the carry where a sequence of the update begins (t = c * L)."""
+        starts, carry = self.memory
+        self._starts_buf[:, t] = starts
+        if t % self.spec.seq_len == 0:
+            c = t // self.spec.seq_len
+            jax.tree_util.tree_map(lambda buf, x: buf.__setitem__((slice(None), c), x), self._carry_buf, carry)
 
     def collect(self, state: TrainState):
         """One rollout of T steps for every agent. Returns (Rollout with leaves [K, T, B, ...], episodes)."""
@@ -146,7 +186,7 @@ class HostDriver:
         noise = None
         key = None
         if policy is not None:
-            noise = np.stack([policy.draw_noise(rng, (self.T, self.B)) for rng in self._rngs(state)])
+            noise = np.stack([draw_noise(self.action_spec, rng, (self.T, self.B)) for rng in self._rngs(state)])
         else:
             key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.key, self.act_stream)  # [K, 2], one per agent
         episodes = []
@@ -156,15 +196,21 @@ class HostDriver:
             mask = self._mask(self.env, t)
             if mask is not None:
                 self._mask_buf[:, t] = mask
-            action = self._actions(policy, state, obs_stats, obs, None if noise is None else noise[:, t], t, key,
-                                   mask)
+            if self.recurrent:
+                self._record_memory(t)
+            keys = None if key is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, t)  # [K], per agent
+            action, memory = self._actions(policy, state, obs_stats, obs, None if noise is None else noise[:, t],
+                                           keys, mask, self.memory)
             self._act_buf[:, t] = action
             obs, rew, term, trunc, final, eps = self.env.step(action)
+            if memory is not None:
+                self.memory = (term | trunc, memory[1])
             self._rew[:, t], self._term[:, t], self._trunc[:, t], self._final[:, t] = rew, term, trunc, final
             episodes.extend(eps)
         self.obs = obs
         rollout = Rollout(obs=self._obs, actions=self._act_buf, rewards=self._rew, terminated=self._term,
-                          truncated=self._trunc, final_obs=self._final, last_obs=obs, action_mask=self._mask_buf)
+                          truncated=self._trunc, final_obs=self._final, last_obs=obs, action_mask=self._mask_buf,
+                          starts=self._starts_buf, carries=self._carry_buf)
         return rollout, episodes
 
     def run(self, state: TrainState, num_iterations: int = 1):
@@ -189,16 +235,18 @@ class HostDriver:
             alive = np.ones((self.K, episodes), bool)
             key = jax.random.PRNGKey(seed)
             t = 0
+            memory = self._fresh_memory(episodes)
             while alive.any():
                 mask = self._mask(env, t)
-                if policy is not None:
-                    x = _numpy_normalize(obs_stats, obs) if self.spec.normalize_obs else obs
-                    noise = None if deterministic else np.stack([policy.draw_noise(r, (episodes,)) for r in rngs])
-                    action = policy.sample_with_noise(x, noise, mask)
-                else:
-                    keys = jax.random.split(jax.random.fold_in(key, t), self.K)  # [K] per-agent keys
-                    action = np.asarray(self._act(state, jnp.asarray(obs), keys, mask, deterministic=deterministic))
-                obs, _, _, _, _, eps = env.step(action)
+                noise = None
+                if policy is not None and not deterministic:
+                    noise = np.stack([draw_noise(self.action_spec, r, (episodes,)) for r in rngs])
+                keys = None if policy is not None else jax.random.split(jax.random.fold_in(key, t), self.K)
+                action, memory = self._actions(policy, state, obs_stats, obs, noise, keys, mask, memory,
+                                               deterministic)
+                obs, _, term, trunc, _, eps = env.step(action)
+                if memory is not None:
+                    memory = (term | trunc, memory[1])
                 for ep in eps:
                     if alive[ep.agent, ep.actor]:
                         returns[ep.agent, ep.actor] = ep.ret

@@ -28,7 +28,8 @@ from ppolab.config import Config
 from ppolab.drivers.population import Groups, num_groups
 from ppolab.envs.base import Episode
 from ppolab.envs.factory import make_jax_env
-from ppolab.networks import ActorCritic, make_network
+from ppolab.models import make_model
+from ppolab.networks import ActorCritic
 from ppolab.types import Rollout, TrainState
 from ppolab.update import LearnerSpec, learn, prepare_obs
 
@@ -44,6 +45,8 @@ class ActorState(struct.PyTreeNode):
     ep_return: jax.Array    # [B] float32, return of the running episode so far
     ep_length: jax.Array    # [B] int32, its length so far
     key: jax.Array          # [2] uint32, env PRNG key (resets, stochastic dynamics)
+    starts: jax.Array | None = None  # [B] bool, obs is an episode's first (recurrent policies; None otherwise)
+    carry: Any = None       # the policy's carry, leaves [B, H] (recurrent policies)
 
 
 class Step(struct.PyTreeNode):
@@ -59,6 +62,8 @@ class Step(struct.PyTreeNode):
     ep_done: jax.Array      # [B] bool, terminated | truncated
     ep_return: jax.Array    # [B] return of the episode that ended here (where ep_done)
     ep_length: jax.Array    # [B] int32, its length
+    starts: jax.Array | None = None  # [B] bool, obs begins an episode (recurrent policies)
+    carry: Any = None       # leaves [B, H]: the carry acting had before this step (recurrent policies)
 
 
 class Episodes(struct.PyTreeNode):
@@ -69,14 +74,17 @@ class Episodes(struct.PyTreeNode):
     length_sum: jax.Array   # [B] int32
 
 
-def reset_actors(env, num_envs: int, key) -> ActorState:
-    """Fresh episodes for ``num_envs`` actors; ``key`` [2] is split into reset keys and the actors' env key."""
+def reset_actors(env, num_envs: int, key, net: ActorCritic | None = None) -> ActorState:
+    """Fresh episodes for ``num_envs`` actors; ``key`` [2] is split into reset keys and the actors' env key. A
+    recurrent ``net`` gives them its initial carry."""
     key, reset_key = jax.random.split(key)
     obs, env_state = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
     env_state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, x.dtype), env_state)  # no weak types: a restored
     # checkpoint (plain arrays) must hit the same compiled program
     return ActorState(env_state=env_state, obs=obs, ep_return=jnp.zeros((num_envs,), jnp.float32),
-                      ep_length=jnp.zeros((num_envs,), jnp.int32), key=key)
+                      ep_length=jnp.zeros((num_envs,), jnp.int32), key=key,
+                      starts=jnp.ones((num_envs,), bool) if net is not None and net.recurrent else None,
+                      carry=net.initial_carry((num_envs,)) if net is not None and net.recurrent else None)
 
 
 def acting_key(state: TrainState, t):
@@ -91,7 +99,13 @@ def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors
     Returns (next ActorState, Step). The policy sees ``prepare_obs`` (frozen normalization stats).
     """
     mask = jax.vmap(env.mask)(actors.env_state) if getattr(env, "has_mask", False) else None
-    dist, _ = net.apply(state.params, prepare_obs(spec, state, actors.obs), heads="policy", action_mask=mask)
+    x = prepare_obs(spec, state, actors.obs)
+    carry = None
+    if net.recurrent:  # the carry is reset inside the network where starts is set
+        dist, _, carry = net.apply(state.params, x, actors.starts, actors.carry, heads="policy", action_mask=mask,
+                                   sequence=False)
+    else:
+        dist, _ = net.apply(state.params, x, heads="policy", action_mask=mask)
     action = dist.mode() if deterministic else dist.sample(key)
     env_key, step_key = jax.random.split(actors.key)
     B = actors.obs.shape[0]
@@ -101,17 +115,21 @@ def env_step(env, spec: LearnerSpec, net: ActorCritic, state: TrainState, actors
     ep_return = actors.ep_return + reward
     ep_length = actors.ep_length + 1
     nxt = ActorState(env_state=env_state, obs=next_obs, ep_return=jnp.where(done, 0.0, ep_return),
-                     ep_length=jnp.where(done, 0, ep_length), key=env_key)
+                     ep_length=jnp.where(done, 0, ep_length), key=env_key,
+                     starts=done if net.recurrent else None, carry=carry)
     step = Step(obs=actors.obs, action_mask=mask, actions=action, rewards=reward, terminated=terminated,
-                truncated=truncated, final_obs=final_obs, ep_done=done, ep_return=ep_return, ep_length=ep_length)
+                truncated=truncated, final_obs=final_obs, ep_done=done, ep_return=ep_return, ep_length=ep_length,
+                starts=actors.starts, carry=actors.carry)
     return nxt, step
 
 
-def steps_to_rollout(steps: Step, last_obs) -> tuple[Rollout, Episodes]:
-    """Stacked steps [T, B, ...] and the observation after the last step -> (Rollout, Episodes of this rollout)."""
+def steps_to_rollout(steps: Step, last_obs, seq_len: int = 0) -> tuple[Rollout, Episodes]:
+    """Stacked steps [T, B, ...] and the observation after the last step -> (Rollout, Episodes of this rollout).
+    ``seq_len`` L of a recurrent policy: the carries before steps 0, L, 2L, ... are kept (the update's sequences)."""
+    carries = None if steps.carry is None else jax.tree_util.tree_map(lambda c: c[::seq_len], steps.carry)
     rollout = Rollout(obs=steps.obs, actions=steps.actions, rewards=steps.rewards, terminated=steps.terminated,
                       truncated=steps.truncated, final_obs=steps.final_obs, last_obs=last_obs,
-                      action_mask=steps.action_mask)
+                      action_mask=steps.action_mask, starts=steps.starts, carries=carries)
     done = steps.ep_done
     episodes = Episodes(count=done.sum(0, dtype=jnp.int32), return_sum=jnp.where(done, steps.ep_return, 0.0).sum(0),
                         length_sum=jnp.where(done, steps.ep_length, 0).sum(0, dtype=jnp.int32))
@@ -125,7 +143,7 @@ def collect(env, spec: LearnerSpec, net: ActorCritic, num_steps: int, state: Tra
         return env_step(env, spec, net, state, actors, acting_key(state, t))
 
     actors, steps = jax.lax.scan(one, actors, jnp.arange(num_steps), unroll=2)
-    rollout, episodes = steps_to_rollout(steps, actors.obs)
+    rollout, episodes = steps_to_rollout(steps, actors.obs, spec.seq_len)
     return actors, rollout, episodes
 
 
@@ -173,7 +191,7 @@ def evaluate_agent(env, spec: LearnerSpec, net: ActorCritic, num_episodes: int, 
                    state: TrainState, key):
     """First-episode return of each of ``num_episodes`` fresh actors of one agent: (returns [num_episodes] float32,
     int32 t * num_episodes + e of the first step where a running episode's mask had no legal action, or -1)."""
-    actors = reset_actors(env, num_episodes, key)
+    actors = reset_actors(env, num_episodes, key, net)
     act_key = jax.random.fold_in(state.key, ACT_STREAM + 1)
 
     def cond(carry):
@@ -200,9 +218,9 @@ def _run_chunk_jit(env, spec, net, num_steps, max_iterations, states, actors, n)
     return run_chunk(env, spec, net, num_steps, max_iterations, states, actors, n)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _reset_population(env, num_envs, keys):
-    return jax.vmap(functools.partial(reset_actors, env, num_envs))(keys)
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("net",))
+def _reset_population(env, num_envs, keys, net=None):
+    return jax.vmap(functools.partial(reset_actors, env, num_envs, net=net))(keys)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -260,7 +278,7 @@ class JitDriver:
         self.B, self.T = cfg.num_envs, cfg.num_steps
         self.env = make_jax_env(cfg)
         self.obs_spec, self.action_spec = self.env.obs_spec, self.env.action_spec
-        self.net = make_network(cfg, self.obs_spec, self.action_spec)
+        self.net = make_model(cfg, self.obs_spec, self.action_spec)
         self.iterations_per_call = auto_iterations_per_call(cfg)
         self.actors: ActorState | None = None
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
@@ -272,10 +290,10 @@ class JitDriver:
 
     def start(self, seeds: list[int]):
         """Fresh episodes for every actor. ``seeds``: K * B ints; agent k's env key is derived from seeds[k * B]."""
-        self.actors = _reset_population(self.env, self.B, self._population_keys(seeds))
+        self.actors = _reset_population(self.env, self.B, self._population_keys(seeds), net=self.net)
 
     def _actor_shapes(self):
-        return jax.eval_shape(functools.partial(_reset_population, self.env, self.B),
+        return jax.eval_shape(functools.partial(_reset_population, self.env, self.B, net=self.net),
                               jax.ShapeDtypeStruct((self.K, 2), jnp.uint32))
 
     def driver_state(self):

@@ -36,7 +36,7 @@ def _gymnasium(cfg: Config, name: str, num_agents: int, num_envs: int, distribut
 
     check_env_id(name)
     check_vector_mode(name, cfg.vector_mode)
-    extra = atari.vec_kwargs(name) if atari.is_atari(name) else {}
+    extra = atari.vec_kwargs(name, frame_stack=cfg.frame_stack) if atari.is_atari(name) else {}
     env_kwargs = {**extra.pop("env_kwargs", {}), **parse_env_kwargs(cfg.env_kwargs)}
     with WorkersIgnoreStopSignals():
         vector_env = None

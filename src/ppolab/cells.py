@@ -1,0 +1,194 @@
+"""LSTM and GRU cells with the episode-start reset built in, and a fast gradient through whole sequences.
+
+One step: ``cell(carry, x [B, F], starts [B]) -> (carry', y)``, the carry reset to zeros where ``starts`` before the
+cell reads x. A sequence (``sequence=True``): x [L, B, F] time-major -> (outputs [L, B, H], carries after each
+step [L, B, ...]). The gates are those of flax's ``OptimizedLSTMCell`` (i, f, g, o; c' = f c + i g, h' = o tanh c')
+and ``GRUCell`` (r, z, n; h' = (1 - z) n + z h, n = tanh(x_n + r (W_hn h + b_hn))), in one input matrix, one
+recurrent matrix and biases.
+
+Why not flax's cells in ``nn.scan``: differentiating a scan accumulates the recurrent weights' gradient inside the
+backward loop, one [H, G*H] read-modify-write per time step, which dominates the update on a CPU (LSTM 256, 2 x 32
+steps: 24 ms forward + backward through flax's cell against 4.7 ms here, measured side by side). Here the input
+projection of all steps is one matrix product before the loop, and a custom VJP runs a backward loop that only
+carries dh (and dc) and returns the gate gradients of every step, so the weight gradients are single products after
+the loop (as cuDNN does). ``tests/test_recurrent.py`` checks the gradients against autodiff of the plain scan.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def _keep(starts):
+    return ~starts[..., None]
+
+
+# ---- LSTM ----------------------------------------------------------------------------------------------------------
+def _lstm_step(wh, carry, z_in, start):
+    c, h = carry
+    keep = _keep(start)
+    c, h = jnp.where(keep, c, 0.0), jnp.where(keep, h, 0.0)
+    i, f, g, o = jnp.split(z_in + h @ wh, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c_new = f * c + i * g
+    tc = jnp.tanh(c_new)
+    h_new = o * tc
+    return (c_new, h_new), (i, f, g, o, c, h, tc)
+
+
+@jax.custom_vjp
+def lstm_sequence(zx, wh, starts, c0, h0):
+    """zx [L, B, 4H] (x W_i + b of every step), wh [H, 4H] -> (h [L, B, H], c [L, B, H]) after each step."""
+    return _lstm_forward(zx, wh, starts, c0, h0)[0]
+
+
+def _lstm_forward(zx, wh, starts, c0, h0):
+    def step(carry, inputs):
+        carry, res = _lstm_step(wh, carry, *inputs)
+        return carry, (carry[1], carry[0], res)
+
+    _, (hs, cs, res) = jax.lax.scan(step, (c0, h0), (zx, starts))
+    return (hs, cs), (res, wh, starts)
+
+
+def _lstm_backward(saved, grads):
+    (i, f, g, o, c_prev, h_prev, tc), wh, starts = saved
+    g_hs, g_cs = grads
+
+    def step(carry, inputs):
+        dh_next, dc_next = carry
+        g_h, g_c, i, f, g, o, c_prev, tc, start = inputs
+        dh = g_h + dh_next
+        dc = g_c + dc_next + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * c_prev * f * (1.0 - f), dc * i * (1.0 - g * g),
+                              dh * tc * o * (1.0 - o)], axis=-1)
+        keep = _keep(start)  # a reset step passes no gradient to the carry before it
+        return (jnp.where(keep, dz @ wh.T, 0.0), jnp.where(keep, dc * f, 0.0)), dz
+
+    zeros = jnp.zeros_like(h_prev[0])
+    (dh0, dc0), dz = jax.lax.scan(step, (zeros, zeros), (g_hs, g_cs, i, f, g, o, c_prev, tc, starts), reverse=True)
+    return dz, jnp.einsum("lbh,lbk->hk", h_prev, dz), None, dc0, dh0
+
+
+lstm_sequence.defvjp(lambda *a: _lstm_forward(*a), _lstm_backward)
+
+
+# ---- GRU -----------------------------------------------------------------------------------------------------------
+def _gru_step(wh, b_hn, h, zx, start):
+    h = jnp.where(_keep(start), h, 0.0)
+    H = h.shape[-1]
+    zh = h @ wh
+    r = jax.nn.sigmoid(zx[..., :H] + zh[..., :H])
+    u = jax.nn.sigmoid(zx[..., H:2 * H] + zh[..., H:2 * H])
+    hn = zh[..., 2 * H:] + b_hn
+    n = jnp.tanh(zx[..., 2 * H:] + r * hn)
+    return (1.0 - u) * n + u * h, (r, u, n, hn, h)
+
+
+@jax.custom_vjp
+def gru_sequence(zx, wh, b_hn, starts, h0):
+    """zx [L, B, 3H] (x W_i + b_i of every step), wh [H, 3H], b_hn [H] -> h [L, B, H] after each step."""
+    return _gru_forward(zx, wh, b_hn, starts, h0)[0]
+
+
+def _gru_forward(zx, wh, b_hn, starts, h0):
+    def step(h, inputs):
+        h, res = _gru_step(wh, b_hn, h, *inputs)
+        return h, (h, res)
+
+    _, (hs, res) = jax.lax.scan(step, h0, (zx, starts))
+    return hs, (res, wh, starts)
+
+
+def _gru_backward(saved, g_hs):
+    (r, u, n, hn, h_prev), wh, starts = saved
+
+    def step(dh_next, inputs):
+        g_h, r, u, n, hn, h_prev, start = inputs
+        dh = g_h + dh_next
+        dn = dh * (1.0 - u) * (1.0 - n * n)
+        dr = dn * hn * r * (1.0 - r)
+        du = dh * (h_prev - n) * u * (1.0 - u)
+        dzh = jnp.concatenate([dr, du, dn * r], axis=-1)  # d(h W_h + [0, 0, b_hn])
+        dzx = jnp.concatenate([dr, du, dn], axis=-1)
+        dh_prev = jnp.where(_keep(start), dh * u + dzh @ wh.T, 0.0)
+        return dh_prev, (dzx, dzh)
+
+    dh0, (dzx, dzh) = jax.lax.scan(step, jnp.zeros_like(h_prev[0]), (g_hs, r, u, n, hn, h_prev, starts),
+                                   reverse=True)
+    H = h_prev.shape[-1]
+    return dzx, jnp.einsum("lbh,lbk->hk", h_prev, dzh), dzh[..., 2 * H:].sum((0, 1)), None, dh0
+
+
+gru_sequence.defvjp(lambda *a: _gru_forward(*a), _gru_backward)
+
+
+# ---- the flax modules ------------------------------------------------------------------------------------------------
+_kernel = nn.initializers.lecun_normal()
+_recurrent = nn.initializers.orthogonal()
+
+
+class LSTM(nn.Module):
+    """Parameters: ``wi`` [F, 4H], ``wh`` [H, 4H], ``b`` [4H] (gates i, f, g, o). Carry (c, h)."""
+
+    features: int
+
+    def initialize_carry(self, batch_shape):
+        zeros = jnp.zeros(tuple(batch_shape) + (self.features,), jnp.float32)
+        return zeros, zeros
+
+    @nn.compact
+    def __call__(self, carry, x, starts, sequence: bool = False):
+        H = self.features
+        wi = self.param("wi", _kernel, (x.shape[-1], 4 * H))
+        wh = self.param("wh", _recurrent, (H, 4 * H))
+        b = self.param("b", nn.initializers.zeros, (4 * H,))
+        zx = x @ wi + b
+        if not sequence:
+            carry, _ = _lstm_step(wh, carry, zx, starts)
+            return carry, carry[1]
+        hs, cs = lstm_sequence(zx, wh, starts, *carry)
+        return hs, (cs, hs)
+
+
+class GRU(nn.Module):
+    """Parameters: ``wi`` [F, 3H], ``bi`` [3H], ``wh`` [H, 3H], ``b_hn`` [H] (gates r, z, n). Carry h."""
+
+    features: int
+
+    def initialize_carry(self, batch_shape):
+        return jnp.zeros(tuple(batch_shape) + (self.features,), jnp.float32)
+
+    @nn.compact
+    def __call__(self, carry, x, starts, sequence: bool = False):
+        H = self.features
+        wi = self.param("wi", _kernel, (x.shape[-1], 3 * H))
+        bi = self.param("bi", nn.initializers.zeros, (3 * H,))
+        wh = self.param("wh", _recurrent, (H, 3 * H))
+        b_hn = self.param("b_hn", nn.initializers.zeros, (H,))
+        zx = x @ wi + bi
+        if not sequence:
+            h, _ = _gru_step(wh, b_hn, carry, zx, starts)
+            return h, h
+        hs = gru_sequence(zx, wh, b_hn, starts, carry)
+        return hs, hs
+
+
+@functools.cache
+def reference_sequence(kind: str):
+    """The same sequence by plain autodiff of a scan of single steps (the tests' reference for the custom VJPs)."""
+    def run(cell_params, carry, x, starts):
+        cell = {"lstm": LSTM, "gru": GRU}[kind](features=cell_params["wh"].shape[0])
+
+        def step(c, inputs):
+            c, y = cell.apply({"params": cell_params}, c, *inputs)
+            return c, (y, c)
+
+        _, (ys, carries) = jax.lax.scan(step, carry, (x, starts))
+        return ys, carries
+
+    return run
