@@ -75,7 +75,8 @@ def import_gymnax():
 
 
 class GymnaxEnv:
-    """One gymnax env (``gymnax.make(name)`` with its default parameters) as pure functions of one actor.
+    """One gymnax env (``gymnax.make(name)`` with its default parameters; ``ppolab/NAME``: ppolab's memory probes
+    from ``jax_probes``) as pure functions of one actor.
 
     reset(key) -> (obs [*obs], state); step(key, state, action) -> (next_obs, state, reward [], terminated [],
     truncated [], final_obs). ``terminated`` is the env's natural end (no future value); ``truncated`` is the time
@@ -89,11 +90,13 @@ class GymnaxEnv:
             gymnax = import_gymnax()
         except ImportError:  # pragma: no cover - gymnax is a core dependency
             raise ConfigError("gymnax:NAME environments need gymnax: pip install 'gymnax>=1.0'") from None
-        if name not in gymnax.registered_envs:
+        from ppolab.envs import jax_probes  # ppolab's own gymnax envs, named ppolab/NAME
+
+        if name not in gymnax.registered_envs and name not in jax_probes.ENVS:
             raise ConfigError(f"unknown gymnax environment {name!r}; choose one of: "
-                              f"{', '.join(gymnax.registered_envs)}")
+                              f"{', '.join([*gymnax.registered_envs, *jax_probes.ENVS])}")
         self.name = name
-        self.env, self.params = gymnax.make(name)
+        self.env, self.params = jax_probes.make(name) if name in jax_probes.ENVS else gymnax.make(name)
         from gymnax.environments import spaces
 
         obs_space = self.env.observation_space(self.params)

@@ -10,6 +10,9 @@
 * ``ppolab/SlowCartPole-v0``: CartPole-v1 whose every step and reset also waits ``delay_s`` (2 ms) without using
   the CPU: an env bound by waiting (a simulator in another process or machine, a robot), for the distributed mode's
   benchmark (``--ray-workers``).
+
+``register()`` also registers the memory probes of ``memory_probes.py`` (``ppolab/Recall-v0``,
+``ppolab/StatelessCartPole-v0``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+from ppolab.envs import memory_probes
 
 
 class ConstantTruncated(gym.Env):
@@ -119,6 +124,7 @@ class TupleAction(gym.Env):
 
 
 def register() -> None:
+    memory_probes.register()
     for name, entry in (("ConstantTruncated-v0", ConstantTruncated), ("TargetGaussian-v0", TargetGaussian),
                         ("NaNReward-v0", NaNReward), ("TupleAction-v0", TupleAction),
                         ("DictObsMultiDiscrete-v0", DictObsMultiDiscrete), ("SlowCartPole-v0", SlowCartPole)):
