@@ -37,7 +37,8 @@ def evaluate(run_dir, episodes: int = 10, deterministic: bool = True, seed: int 
 
 def load(run_dir, agent: int = 0, seed: int = 0):
     """The trained policy of a run directory (newest good checkpoint): ``predict(obs, state=None,
-    deterministic=True) -> (actions, state)`` and ``value(obs)``. See ``ppolab.policy``."""
+    episode_start=None, deterministic=True, action_masks=None) -> (actions, state)`` (``state``: a recurrent
+    policy's carry) and ``value(obs)``. See ``ppolab.policy``."""
     from ppolab.policy import load as _load
 
     return _load(run_dir, agent=agent, seed=seed)

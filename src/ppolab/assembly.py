@@ -67,4 +67,5 @@ def env_seeds(rows: list[dict], num_envs: int, iteration: int) -> list[int]:
 def net_signature(net: ActorCritic) -> str:
     """What a checkpoint's parameters must fit: spaces and network shape (checked on every restore)."""
     return (f"obs={list(net.obs.shape)}:{net.obs.dtype} action={net.action.kind}:{net.action.size}:"
-            f"{list(net.action.nvec)} hidden={list(net.hidden_sizes)} act={net.activation} shared={net.shared_torso}")
+            f"{list(net.action.nvec)} hidden={list(net.hidden_sizes)} act={net.activation} shared={net.shared_torso}"
+            + (f" cell={net.cell}:{net.rnn_size} separate={net.separate}" if net.recurrent else ""))

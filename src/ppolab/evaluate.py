@@ -3,13 +3,18 @@
 MP4 goes through ``imageio-ffmpeg``, whose wheel ships its own ffmpeg binary (``pip install 'ppolab[video]'``):
 H.264 in yuv420p (what browsers and players decode), ``+faststart`` so it streams. GIF goes through Pillow (no
 extra dependency). Atari games are rendered in colour from the full game (the agent still sees the paper's
-preprocessed 84x84x4 frames; one video frame per agent step, 4 emulator frames). Without a display, MuJoCo
-renders off-screen (``MUJOCO_GL=egl`` unless set) and pygame uses SDL's dummy drivers. The video plays in real
-time: the env's ``render_fps`` (Atari: 60 Hz / frame skip 4 = 15 fps) unless ``fps`` is given.
+preprocessed 84x84 frames, ``--frame-stack`` of them; one video frame per agent step, 4 emulator frames). Without a
+display, MuJoCo renders off-screen (``MUJOCO_GL=egl`` unless set) and pygame uses SDL's dummy drivers. The video
+plays in real time: the env's ``render_fps`` (Atari: 60 Hz / frame skip 4 = 15 fps) unless ``fps`` is given.
+
+The episode is played as training acted (``RenderOptions``: the run's frame stack, env kwargs and ``--action-mask``):
+a recurrent policy's carry is threaded through it, and an env's action masks (a Dict observation's
+``action_mask``, or ``action_masks()``) restrict every action to the legal ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -23,26 +28,56 @@ VIDEO_FORMATS = ("mp4", "gif")
 GIF_MAX_FPS = 50  # browsers draw GIF frames of < 20 ms at 100 ms
 
 
-def make_render_env(env_id: str):
-    """A single Gymnasium env of ``env_id`` that renders rgb_array frames, with the observations training used."""
+@dataclasses.dataclass(frozen=True)
+class RenderOptions:
+    """How the run built its env, so the video's agent sees what training's did: ``Config.frame_stack`` (Atari),
+    ``Config.env_kwargs`` (the option's text) and ``Config.action_mask`` (auto|off)."""
+
+    frame_stack: int = 4
+    env_kwargs: str = ""
+    action_mask: str = "auto"
+
+    @classmethod
+    def of(cls, cfg) -> RenderOptions:
+        """The options of a ``Config`` (or anything with some of its fields; the missing ones keep the defaults)."""
+        return cls(int(getattr(cfg, "frame_stack", 4)), str(getattr(cfg, "env_kwargs", "") or ""),
+                   str(getattr(cfg, "action_mask", "auto")))
+
+
+def make_render_env(env_id: str, options: RenderOptions | None = None):
+    """A single Gymnasium env of ``env_id`` that renders rgb_array frames, with the observations training used: the
+    Atari preprocessing with the run's frame stack, the run's env kwargs, and an env's action mask appended to its
+    observation as ``envs.gymnasium_masks`` does in training (split off again by ``play_episode``)."""
     import gymnasium as gym
 
-    from ppolab.envs import atari
+    from ppolab.envs import atari, gymnasium_masks
+    from ppolab.envs.errors import EnvError
+    from ppolab.envs.gymnasium_vec import check_env_id, import_env_module
+    from ppolab.options import parse_env_kwargs
 
+    options = options or RenderOptions()
     backend, name = backend_of(env_id)
     if backend != "gymnasium":
         raise ConfigError(f"--video supports Gymnasium environments only (got {env_id!r})")
+    try:
+        check_env_id(name)  # registers ppolab's probe ids, imports a my_module:Env-v0 id's module
+    except EnvError as e:
+        raise ConfigError(str(e)) from None
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo's default (GLFW) needs a display
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (classic control) draws off-screen
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # pygame.init() would open a sound card
+    is_atari = atari.is_atari(name)
+    kwargs = {**(atari.env_kwargs(name) if is_atari else {}), **parse_env_kwargs(options.env_kwargs),
+              "render_mode": "rgb_array"}
     try:
-        if atari.is_atari(name):
+        if is_atari:
             atari.register_ale()
-            env = atari.wrap_atari(gym.make(name, render_mode="rgb_array", **atari.env_kwargs(name)),
-                                   clip_reward=False, episodic_life=False)
+            env = atari.wrap_atari(gym.make(name, **kwargs), frame_stack=options.frame_stack, clip_reward=False,
+                                   episodic_life=False)
         else:
-            env = gym.make(name, render_mode="rgb_array")
+            env = gym.make(import_env_module(name), **kwargs)
+        env = gymnasium_masks.wrap(env, options.action_mask)
     except Exception as e:  # e.g. an env without rgb_array rendering
         raise ConfigError(f"cannot render {name!r} to video: {e}") from None
     if not isinstance(env.observation_space, gym.spaces.Box):
@@ -58,32 +93,65 @@ def _default_fps(env, env_id: str) -> float:
     return float(env.metadata.get("render_fps") or 30)
 
 
-def play_episode(policy, env_id: str, seed: int = 0, max_steps: int = 2000) -> tuple[list[np.ndarray], float, float]:
+def play_episode(policy, env_id: str, seed: int = 0, max_steps: int = 2000,
+                 options: RenderOptions | None = None) -> tuple[list[np.ndarray], float, float]:
     """One deterministic episode of ``policy`` (a ``ppolab.policy.Policy``): (frames [H, W, 3] uint8, the episode's
-    return, the video's real-time fps)."""
-    env = make_render_env(env_id)
+    return, the video's real-time fps). A recurrent policy's carry is threaded through the episode (reset at its
+    first observation); an env's action masks (unless ``options.action_mask`` is off) restrict every action to the
+    legal ones, as in training and ``ppolab eval``."""
+    from ppolab.distributions import ActionMaskError
+
+    env = make_render_env(env_id, options)
     frames, total = [], 0.0
     try:
         fps = _default_fps(env, env_id)
         obs, _ = env.reset(seed=seed)
-        for _ in range(max_steps):
+        act = _Actor(policy, env, options or RenderOptions())
+        for t in range(max_steps):
             frame = env.render()
             if frame is None:
                 raise ConfigError(f"{env_id!r} returned no frame from render(); it cannot be recorded")
             frames.append(np.asarray(frame, np.uint8))
-            action, _ = policy.predict(np.asarray(obs))  # Box actions come clipped to the bounds
+            action = act(obs, t)  # Box actions come clipped to the bounds
             obs, r, term, trunc, _ = env.step(action)
             total += float(r)
             if term or trunc:
                 break
     except ConfigError:
         raise
+    except ActionMaskError as e:
+        raise ConfigError(f"cannot record {env_id!r}: {e}") from None
     except Exception as e:  # a renderer that cannot start (no OpenGL), ...
         raise ConfigError(f"cannot render {env_id!r} to video: {type(e).__name__}: {e} (for MuJoCo set "
                           "MUJOCO_GL=egl or MUJOCO_GL=osmesa)") from None
     finally:
         env.close()
     return frames, total, fps
+
+
+class _Actor:
+    """``policy``'s deterministic action for each observation of one episode of ``env``: the mask cut off the
+    observation (and applied unless the run turned masks off), the recurrent carry kept from step to step."""
+
+    def __init__(self, policy, env, options: RenderOptions):
+        from ppolab.envs import gymnasium_masks
+
+        self.policy, self.state = policy, None
+        self.mask_size = gymnasium_masks.mask_size(env.observation_space)
+        self.use_mask = bool(self.mask_size) and options.action_mask != "off"
+
+    def __call__(self, obs, t: int):
+        from ppolab import distributions as D
+        from ppolab.envs import gymnasium_masks
+
+        obs, mask = gymnasium_masks.split_mask(np.asarray(obs), self.mask_size)
+        if self.use_mask:
+            spec = self.policy.action_spec
+            D.raise_if_empty(mask[None], spec.nvec or None, step=t)
+        else:
+            mask = None
+        action, self.state = self.policy.predict(obs, state=self.state, episode_start=t == 0, action_masks=mask)
+        return action
 
 
 def _even(frame: np.ndarray) -> np.ndarray:
@@ -158,33 +226,34 @@ def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: float, f
 
 
 def record_policy(policy, env_id: str, out_dir: str | os.PathLike, seed: int = 0, max_steps: int = 2000,
-                  fps: float | None = None, fmt: str = "mp4") -> Path:
+                  fps: float | None = None, fmt: str = "mp4", options: RenderOptions | None = None) -> Path:
     """Render one deterministic episode of ``policy`` on ``env_id`` to ``out_dir/episode.{fmt}``."""
     if fmt not in VIDEO_FORMATS:
         raise ConfigError(f"unknown video format {fmt!r}; supported: {', '.join(VIDEO_FORMATS)}")
-    frames, _, real_fps = play_episode(policy, env_id, seed, max_steps)
+    frames, _, real_fps = play_episode(policy, env_id, seed, max_steps, options)
     return write_video(frames, Path(out_dir) / f"episode.{fmt}", fps or real_fps, fmt)
 
 
 def record_run_video(run_dir: str | os.PathLike, agent: int = 0, seed: int = 0, max_steps: int = 2000,
                      fps: float | None = None, fmt: str = "mp4") -> Path:
-    """One episode of agent ``agent`` of ``run_dir`` (newest good checkpoint) to ``RUN_DIR/videos/episode.{fmt}``."""
-    import json
-
+    """One episode of agent ``agent`` of ``run_dir`` (newest good checkpoint) to ``RUN_DIR/videos/episode.{fmt}``,
+    on the env the run's config.json describes."""
     from ppolab.policy import load
+    from ppolab.rundir import load_run_config
 
     run_dir = Path(run_dir)
     if fmt not in VIDEO_FORMATS:
         raise ConfigError(f"unknown video format {fmt!r}; supported: {', '.join(VIDEO_FORMATS)}")
     policy = load(run_dir, agent=agent)
-    env_id = json.loads((run_dir / "config.json").read_text())["env"]
-    return record_policy(policy, env_id, run_dir / "videos", seed, max_steps, fps, fmt)
+    cfg = load_run_config(run_dir)
+    return record_policy(policy, cfg.env, run_dir / "videos", seed, max_steps, fps, fmt, RenderOptions.of(cfg))
 
 
 def record_video(cfg, net, spec, state, out_dir: Path, seed: int = 0, max_steps: int = 2000, fps: float | None = None,
                  fmt: str = "mp4") -> Path:
     """Render one deterministic episode of agent 0 of ``state`` ([K, ...] leaves) to ``out_dir/episode.{fmt}``.
-    ``spec``: the run's ``LearnerSpec`` (for ``normalize_obs``)."""
+    ``spec``: the run's ``LearnerSpec`` (for ``normalize_obs``); ``cfg``: the run's ``Config`` (env, frame stack,
+    env kwargs, action masks)."""
     import jax
 
     from ppolab.policy import Policy
@@ -194,4 +263,4 @@ def record_video(cfg, net, spec, state, out_dir: Path, seed: int = 0, max_steps:
     mean = np.asarray(state.obs_stats.mean, np.float32)[0] if norm else None
     var = np.asarray(state.obs_stats.var, np.float32)[0] if norm else None
     policy = Policy(net, params, mean, var, seed=seed)
-    return record_policy(policy, cfg.env, out_dir, seed, max_steps, fps, fmt)
+    return record_policy(policy, cfg.env, out_dir, seed, max_steps, fps, fmt, RenderOptions.of(cfg))

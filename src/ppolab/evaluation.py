@@ -1,4 +1,11 @@
-"""Evaluation of a finished or stopped run from its directory (``ppolab eval``, ``ppolab.evaluate``)."""
+"""Evaluation of a finished or stopped run from its directory (``ppolab eval``, ``ppolab.evaluate``).
+
+The episodes are the driver's own ``evaluate`` (the code path of training's final evaluation): a recurrent policy's
+carry is threaded through each episode and reset at its start, an env's action masks restrict every action to the
+legal ones. So ``seed=cfg.seed + 10**6`` with the run's ``eval_episodes`` and ``eval_deterministic`` reproduces
+summary.json's ``eval_return_mean`` of a finished run exactly (same checkpoint, same env seeds, same actions).
+``--video`` plays one deterministic episode of agent 0 on the env as the run built it (``evaluate.RenderOptions``).
+"""
 
 from __future__ import annotations
 

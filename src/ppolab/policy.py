@@ -5,25 +5,27 @@
     actions, _ = policy.predict(batch)              # [N, *obs] -> [N, ...]
     v = policy.value(obs)                           # V(s)
 
-What the network needs is stored in ``RUN_DIR/policy.json`` when a run starts (``write_policy_spec``): the
-observation and action specs (shape, dtype, kind, bounds, nvec), the network's layout, and whether observations are
-normalized. Runs written before that file existed are read from the checkpoint header's network signature and
-``config.json`` (their Box bounds are not stored, so their actions are returned unclipped).
+A recurrent policy (``--policy lstm|gru``) takes and returns its carry, as sb3-contrib's ``RecurrentPPO`` does:
 
-``predict`` applies the run's observation statistics (mean/var of the newest good checkpoint) exactly as training
-did. The deterministic action is the mode of the policy's distribution: argmax for Discrete and each MultiDiscrete
-component, ``logit > 0`` for MultiBinary, and for Box the Gaussian's mean *clipped to the action bounds* -- the
-action ``ppolab eval`` executes. MLP policies run a plain-numpy forward pass (``networks.NumpyPolicy``; cheaper
-than a jitted call for a few observations), Nature-CNN policies a jitted JAX one.
+    state, start = None, True                       # None: the initial (zero) carry
+    while ...:
+        action, state = policy.predict(obs, state=state, episode_start=start)
+        obs, reward, terminated, truncated, info = env.step(action)
+        start = terminated or truncated             # the next observation starts an episode: its carry is reset
+
+The network is rebuilt from ``RUN_DIR/policy.json`` (``ppolab.policy_spec``). ``predict`` applies the run's
+observation statistics (mean/var of the newest good checkpoint) exactly as training did. The deterministic action
+is the mode of the policy's distribution: argmax for Discrete and each MultiDiscrete component, ``logit > 0`` for
+MultiBinary, and for Box the Gaussian's mean *clipped to the action bounds* -- the action ``ppolab eval`` executes.
+MLP policies (feed-forward and recurrent) run a plain-numpy forward pass (``networks.NumpyPolicy``,
+``recurrent.NumpyRecurrentPolicy``; cheaper than a jitted call for a few observations), Nature-CNN policies a jitted
+JAX one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,86 +36,28 @@ import numpy as np
 
 from ppolab import checkpoint as ckpt_lib
 from ppolab.config import ConfigError
-from ppolab.networks import ActorCritic, NumpyPolicy
+from ppolab.networks import ActorCritic, NumpyPolicy, draw_noise
+from ppolab.policy_spec import (  # noqa: F401 - re-exported: ppolab.policy is where callers find them
+    SPEC_FILE,
+    SPEC_VERSION,
+    _signature,
+    _spec_from_signature,
+    build_network,
+    policy_spec,
+    read_policy_spec,
+    write_policy_spec,
+)
+from ppolab.recurrent import NumpyRecurrentPolicy
 from ppolab.spaces import ActionSpec, ObsSpec
 
-SPEC_FILE = "policy.json"
-SPEC_VERSION = 1
-_NET_SKIP = ("obs", "action", "parent", "name")
-_SIG = re.compile(r"obs=\[(?P<obs>[\d, ]*)\]:(?P<dtype>\w+) action=(?P<kind>\w+):(?P<size>\d+):\[(?P<nvec>[\d, ]*)\] "
-                  r"hidden=\[(?P<hidden>[\d, ]*)\] act=(?P<act>\w+) shared=(?P<shared>True|False)")
+_tree = jax.tree_util.tree_map
 
 
-# ---- the policy spec (policy.json) --------------------------------------------------------------------------------
-def _bounds(values) -> list:
-    return [float(v) if math.isfinite(v) else None for v in values]  # JSON has no inf: null = unbounded
-
-
-def _signature(net: ActorCritic) -> str:
-    """The checkpoint header's network signature of ``net`` (imported on use: assembly pulls in the drivers)."""
-    from ppolab.assembly import net_signature
-
-    return net_signature(net)
-
-
-def policy_spec(net: ActorCritic, normalize_obs: bool) -> dict:
-    """The JSON-able description of ``net`` that ``load`` rebuilds the network from."""
-    a = net.action
-    layout = {f.name: getattr(net, f.name) for f in dataclasses.fields(net) if f.name not in _NET_SKIP}
-    layout = {k: list(v) if isinstance(v, tuple) else v for k, v in layout.items()}
-    return {"format": "ppolab-policy", "version": SPEC_VERSION,
-            "obs": {"shape": list(net.obs.shape), "dtype": net.obs.dtype, "image": net.obs.image},
-            "action": {"kind": a.kind, "size": a.size, "nvec": list(a.nvec), "low": _bounds(a.low),
-                       "high": _bounds(a.high), "shape": list(a.shape), "dtype": np.dtype(a.dtype).name},
-            "network": layout, "normalize_obs": bool(normalize_obs), "signature": _signature(net)}
-
-
-def write_policy_spec(run_dir: str | os.PathLike, net: ActorCritic, normalize_obs: bool) -> Path:
-    """Write ``RUN_DIR/policy.json`` (atomically). Call when a run starts, with ``cfg.normalize_obs``."""
-    path = Path(run_dir) / SPEC_FILE
-    tmp = path.with_name(f".{SPEC_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(policy_spec(net, normalize_obs), indent=1))
-    os.replace(tmp, path)
-    return path
-
-
-def _spec_from_signature(signature: str, config: dict) -> dict:
-    """policy.json's content for a run without one: the checkpoint header's network signature + config.json."""
-    m = _SIG.fullmatch(signature or "")
-    if m is None:
-        raise ConfigError(f"cannot read the network signature {signature!r} of this checkpoint; "
-                          "it was written by another ppolab version")
-    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]
-    size = int(m["size"])
-    shape = [] if m["kind"] == "discrete" else [size]
-    layout = {"hidden_sizes": ints(m["hidden"]), "activation": m["act"], "shared_torso": m["shared"] == "True"}
-    for k in ("ortho_init", "log_std_init"):
-        if k in config:
-            layout[k] = config[k]
-    return {"obs": {"shape": ints(m["obs"]), "dtype": m["dtype"]},
-            "action": {"kind": m["kind"], "size": size, "nvec": ints(m["nvec"]), "low": [], "high": [],
-                       "shape": shape},
-            "network": layout, "normalize_obs": bool(config.get("normalize_obs", False)), "signature": signature}
-
-
-def build_network(spec: dict) -> ActorCritic:
-    """The ``ActorCritic`` that ``spec`` (policy.json's content) describes."""
-    a = spec["action"]
-    low = tuple(-math.inf if x is None else float(x) for x in a.get("low") or ())
-    high = tuple(math.inf if x is None else float(x) for x in a.get("high") or ())
-    action = ActionSpec(a["kind"], int(a["size"]), tuple(int(n) for n in a.get("nvec") or ()), low, high)
-    obs = ObsSpec(tuple(int(s) for s in spec["obs"]["shape"]), spec["obs"]["dtype"])
-    known = {f.name for f in dataclasses.fields(ActorCritic)} - set(_NET_SKIP)
-    layout = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["network"].items() if k in known}
-    return ActorCritic(obs=obs, action=action, **layout)
-
-
-# ---- the policy ---------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Policy:
     """One agent's trained policy and value function. Build with ``ppolab.load(RUN_DIR)``."""
 
-    net: ActorCritic
+    net: ActorCritic                   # or a recurrent.RecurrentActorCritic (``recurrent`` True)
     params: dict                       # one agent's flax params {"params": {...}} (numpy arrays)
     obs_mean: np.ndarray | None        # observation normalization (None: the run did not normalize)
     obs_var: np.ndarray | None
@@ -126,9 +70,10 @@ class Policy:
 
     def __post_init__(self):
         self._numpy = None
-        if NumpyPolicy.supports(self.net):
-            stacked = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32)[None], self.params)
-            self._numpy = NumpyPolicy.from_params(self.net, stacked)
+        mirror = NumpyRecurrentPolicy if self.recurrent else NumpyPolicy
+        if mirror.supports(self.net):
+            stacked = _tree(lambda x: np.asarray(x, np.float32)[None], self.params)
+            self._numpy = mirror.from_params(self.net, stacked)
         self._rng = np.random.default_rng(self.seed)
         self._key = jax.random.PRNGKey(self.seed)
         self._jit: dict = {}
@@ -140,6 +85,10 @@ class Policy:
     @property
     def action_spec(self) -> ActionSpec:
         return self.net.action
+
+    @property
+    def recurrent(self) -> bool:
+        return bool(self.net.recurrent)
 
     # ---- input checks ----
     def check_obs(self, obs) -> tuple[np.ndarray, bool]:
@@ -189,36 +138,88 @@ class Policy:
                               f"array of shape {want} (True = legal)")
         return (m.astype(bool)[None] if single else m.astype(bool))
 
+    def initial_state(self, n: int | None = None):
+        """The initial (zero) carry of ``n`` envs (leaves [n, H] float32), or of one env for ``n`` None (leaves [H]:
+        what ``predict`` of a single observation takes); None for a feed-forward policy."""
+        if not self.recurrent:
+            return None
+        return _tree(lambda c: np.zeros(c.shape, np.float32), self.net.initial_carry(() if n is None else (n,)))
+
+    def check_state(self, state, episode_start, n: int, single: bool) -> tuple[np.ndarray, tuple]:
+        """(state, episode_start) of ``predict`` -> (starts bool [n], carry with leaves [n, H] float32) of a
+        recurrent policy. Raises ``ConfigError`` naming the shape expected."""
+        template = self.initial_state(None if single else n)
+        carry = template
+        if state is not None:
+            leaves, treedef = jax.tree_util.tree_flatten(state)
+            want = jax.tree_util.tree_structure(template)
+            shape = jax.tree_util.tree_leaves(template)[0].shape
+            if treedef != want or any(np.shape(x) != shape for x in leaves):
+                raise ConfigError(f"state does not match this policy: expected the carry that predict returns "
+                                  f"({want.num_leaves} arrays of shape {shape} in {want}), or None for the initial "
+                                  "state")
+            carry = jax.tree_util.tree_unflatten(treedef, [np.asarray(x, np.float32) for x in leaves])
+        if single:
+            carry = _tree(lambda c: c[None], carry)
+        if episode_start is None:
+            return np.zeros(n, bool), carry
+        s = np.asarray(episode_start)
+        if s.dtype.kind not in "biuf" or s.shape not in ((), (n,)):
+            raise ConfigError(f"episode_start of shape {s.shape} and dtype {s.dtype} does not match: expected a "
+                              f"bool scalar or an array of shape ({n},) (True where obs starts an episode)")
+        return np.broadcast_to(s != 0, (n,)).copy(), carry
+
     # ---- the API ----
-    def predict(self, obs, state=None, deterministic: bool = True, action_masks=None):
+    def predict(self, obs, state=None, episode_start=None, deterministic: bool = True, action_masks=None):
         """obs [*obs_shape] or [N, *obs_shape] -> (actions [...] or [N, ...], state).
 
-        ``state`` is the recurrent carry: policies have none yet, so it is returned unchanged (None).
+        ``state``: the recurrent carry (sb3-contrib's ``RecurrentPPO`` convention): None is the initial (zero)
+        carry; pass back the state this returned. ``episode_start`` (bool scalar or [N]): True where ``obs`` is an
+        episode's first observation -- that env's carry is reset before the step. A feed-forward policy has no
+        carry: ``state`` is returned unchanged and ``episode_start`` is not read.
         ``deterministic``: the distribution's mode (see the module docstring); else a sample (this Policy's own
         random generator, seeded by ``load(seed=...)``). Box actions are clipped to the action bounds.
         ``action_masks`` (Discrete / MultiDiscrete): bool [head_size] or [N, head_size], True = legal (the layout of
         sb3-contrib's MaskablePPO); only legal actions are returned."""
         x, single = self.check_obs(obs)
-        mask = self.check_mask(action_masks, x.shape[0], single)
+        n = x.shape[0]
+        mask = self.check_mask(action_masks, n, single)
+        memory = self.check_state(state, episode_start, n, single) if self.recurrent else None
         if self._numpy is not None:
-            noise = None if deterministic else self._numpy.draw_noise(self._rng, (1, x.shape[0]))
-            actions = self._numpy.sample_with_noise(self.normalize(x)[None], noise,
-                                                    None if mask is None else mask[None])[0]
+            actions, carry = self._act_numpy(x, deterministic, mask, memory)
         else:
             self._key, key = jax.random.split(self._key)
-            fn = self._jitted("sample" if not deterministic else "mode", masked=mask is not None)
-            actions = np.asarray(fn(jnp.asarray(x), key, mask))
+            starts, carry = memory if memory is not None else (None, None)
+            actions, carry = self._jitted("mode" if deterministic else "sample")(jnp.asarray(x), key, mask, starts,
+                                                                                  carry)
+            actions = np.asarray(actions)
         actions = self._clip(actions).astype(self.net.action.dtype, copy=False)
+        if self.recurrent:
+            state = _tree(lambda c: np.asarray(c, np.float32)[0] if single else np.asarray(c, np.float32), carry)
         return (actions[0] if single else actions), state
 
-    def value(self, obs) -> np.ndarray:
-        """V(s): obs [*obs_shape] -> float32 scalar array, or [N, *obs_shape] -> [N]."""
+    def _act_numpy(self, x: np.ndarray, deterministic: bool, mask, memory):
+        """The numpy mirror's actions [N, ...] (and carry' for a recurrent policy, else None)."""
+        noise = None if deterministic else draw_noise(self.net.action, self._rng, (1, x.shape[0]))
+        obs, mask = self.normalize(x)[None], None if mask is None else mask[None]
+        if memory is None:
+            return self._numpy.sample_with_noise(obs, noise, mask)[0], None
+        starts, carry = memory
+        actions, carry = self._numpy.sample_with_noise(obs, starts[None], _tree(lambda c: c[None], carry), noise,
+                                                       mask)
+        return actions[0], _tree(lambda c: c[0], carry)
+
+    def value(self, obs, state=None, episode_start=None) -> np.ndarray:
+        """V(s): obs [*obs_shape] -> float32 scalar array, or [N, *obs_shape] -> [N]. A recurrent policy's value
+        reads the carry ``state`` (before ``obs``, as ``predict`` takes it) and ``episode_start`` too."""
         x, single = self.check_obs(obs)
-        v = np.asarray(self._jitted("value")(jnp.asarray(x), None, None))
+        starts, carry = self.check_state(state, episode_start, x.shape[0], single) if self.recurrent else (None, None)
+        v, _ = self._jitted("value")(jnp.asarray(x), None, None, starts, carry)
+        v = np.asarray(v)
         return v[0] if single else v
 
     def __call__(self, obs):
-        """The deterministic action(s) alone."""
+        """The deterministic action(s) alone (a recurrent policy: from the initial carry)."""
         return self.predict(obs)[0]
 
     def _clip(self, actions: np.ndarray) -> np.ndarray:
@@ -226,80 +227,89 @@ class Policy:
 
     # ---- JAX functions (also what export.py converts) ----
     def _apply_fn(self, heads: str) -> Callable:
-        """(obs [N, *obs_shape], mask or None) -> (distribution, value) of the network, normalization folded in."""
+        """(obs [N, *obs_shape], mask or None, starts [N] or None, carry or None) -> (distribution, value, carry')
+        of the network (carry' None for a feed-forward one), normalization folded in."""
         from ppolab.normalize import RunningMeanStd, normalize_obs
 
-        params = jax.tree_util.tree_map(jnp.asarray, self.params)
+        params = _tree(jnp.asarray, self.params)
         stats = None if self.obs_mean is None else RunningMeanStd(
             jnp.asarray(self.obs_mean), jnp.asarray(self.obs_var), jnp.asarray(1.0))
+        net = self.net
 
-        def apply(obs, mask=None):
+        def apply(obs, mask=None, starts=None, carry=None):
             x = normalize_obs(stats, obs) if stats is not None else obs
-            if mask is None:
-                return self.net.apply(params, x, heads=heads)
-            return self.net.apply(params, x, heads=heads, action_mask=mask)
+            if net.recurrent:
+                return net.apply(params, x, starts, carry, heads=heads, action_mask=mask, sequence=False)
+            return (*net.apply(params, x, heads=heads, action_mask=mask), None)
 
         return apply
 
-    def forward_fn(self, outputs: str = "mode", with_value: bool = False, clip: bool = True) -> Callable:
-        """A pure JAX function of a raw observation batch [N, *obs_shape] (normalization folded in):
-        ``outputs`` "mode" -> the deterministic actions (Box: clipped to the bounds when ``clip`` and they are
-        known), "value" -> V(s) [N]; ``with_value`` adds V(s) as a second output to "mode"."""
+    def _mode_fn(self, clip: bool = True) -> Callable:
+        """distribution -> its mode as executed: Box means clipped to the bounds (when ``clip`` and they are known),
+        float32 for Box, int32 else."""
         spec = self.net.action
-        if outputs == "value":
-            apply = self._apply_fn("value")
-            return lambda obs: apply(obs)[1]
-        apply = self._apply_fn("both" if with_value else "policy")
         bounded = clip and self.bounds_known and spec.kind == "box" and bool(spec.low)
         low, high = (np.asarray(spec.low, np.float32), np.asarray(spec.high, np.float32)) if bounded else (None, None)
 
-        def fn(obs):
-            dist, value = apply(obs)
+        def mode(dist):
             action = dist.mode()
             if bounded:
                 action = jnp.minimum(jnp.maximum(action, low), high)
-            action = action.astype(jnp.float32 if spec.kind == "box" else jnp.int32)
-            return (action, value) if with_value else action
+            return action.astype(jnp.float32 if spec.kind == "box" else jnp.int32)
+
+        return mode
+
+    def forward_fn(self, outputs: str = "mode", with_value: bool = False, clip: bool = True) -> Callable:
+        """A pure JAX function of a raw observation batch obs [N, *obs_shape] (normalization folded in) and, as an
+        optional second argument, an action mask [N, head_size] bool: ``outputs`` "mode" -> the deterministic
+        actions (the best legal ones under a mask; Box: clipped to the bounds when ``clip`` and they are known),
+        "value" -> V(s) [N]; ``with_value`` adds V(s) as a second output to "mode". Feed-forward policies only (a
+        recurrent one's step is ``step_fn``)."""
+        if self.recurrent:
+            raise ConfigError("forward_fn is a feed-forward policy's function; a recurrent policy's is step_fn")
+        if outputs == "value":
+            apply = self._apply_fn("value")
+            return lambda obs: apply(obs)[1]
+        apply, mode = self._apply_fn("both" if with_value else "policy"), self._mode_fn(clip)
+
+        def fn(obs, mask=None):
+            dist, value, _ = apply(obs, mask)
+            return (mode(dist), value) if with_value else mode(dist)
 
         return fn
 
-    def _jitted(self, what: str, masked: bool = False):
-        """Jitted (obs, key, mask) -> actions ("mode", "sample") or values ("value"), compiled once per input shape."""
-        if (what, masked) not in self._jit:
+    def step_fn(self, with_value: bool = False, clip: bool = True) -> Callable:
+        """A recurrent policy's one step as a pure JAX function: (obs [N, *obs_shape], episode_start [N] bool,
+        carry (leaves [N, H]), mask [N, head_size] bool or None) -> (deterministic actions, V(s) [N] or None,
+        carry'), normalization folded in; the carry is reset where ``episode_start`` before the cell reads obs."""
+        if not self.recurrent:
+            raise ConfigError("step_fn is a recurrent policy's function; a feed-forward policy's is forward_fn")
+        apply, mode = self._apply_fn("both" if with_value else "policy"), self._mode_fn(clip)
+
+        def fn(obs, episode_start, carry, mask=None):
+            dist, value, carry = apply(obs, mask, episode_start, carry)
+            return mode(dist), value, carry
+
+        return fn
+
+    def _jitted(self, what: str) -> Callable:
+        """Jitted (obs, key, mask, starts, carry) -> (actions ("mode", "sample") or values ("value"), carry');
+        mask, starts and carry may be None (compiled once per input shape and per None-ness)."""
+        if what not in self._jit:
             apply = self._apply_fn("value" if what == "value" else "policy")
-            if what == "value":
-                fn = lambda obs, key, mask: apply(obs)[1]
-            elif what == "sample":
-                fn = lambda obs, key, mask: apply(obs, mask)[0].sample(key)
-            elif masked:
-                fn = lambda obs, key, mask: apply(obs, mask)[0].mode().astype(jnp.int32)
-            else:
-                f = self.forward_fn("mode")
-                fn = lambda obs, key, mask: f(obs)
-            self._jit[what, masked] = jax.jit(fn)
-        return self._jit[what, masked]
+            mode = self._mode_fn()
+
+            def fn(obs, key, mask, starts, carry):
+                dist, value, carry = apply(obs, mask, starts, carry)
+                if what == "value":
+                    return value, carry
+                return (dist.sample(key) if what == "sample" else mode(dist)), carry
+
+            self._jit[what] = jax.jit(fn)
+        return self._jit[what]
 
 
 # ---- loading ------------------------------------------------------------------------------------------------------
-def read_policy_spec(run_dir: str | os.PathLike, header: dict | None = None) -> tuple[dict, bool]:
-    """(policy.json's content, whether it came from policy.json) for ``run_dir``; runs without the file are
-    described from ``header`` (a checkpoint header) and config.json."""
-    run_dir = Path(run_dir)
-    path = run_dir / SPEC_FILE
-    if path.is_file():
-        try:
-            return json.loads(path.read_text()), True
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); delete it to fall back to the checkpoint") from None
-    config = {}
-    if (run_dir / "config.json").is_file():
-        try:
-            config = json.loads((run_dir / "config.json").read_text())
-        except json.JSONDecodeError:
-            config = {}
-    return _spec_from_signature((header or {}).get("network", ""), config), False
-
-
 def _newest_checkpoint(run_dir: Path) -> tuple[dict, dict, Path]:
     files = ckpt_lib.list_checkpoints(run_dir / "checkpoints")
     if not files:
@@ -318,9 +328,9 @@ def _newest_checkpoint(run_dir: Path) -> tuple[dict, dict, Path]:
 
 def _check_params(net: ActorCritic, params: dict, path: Path) -> None:
     """The checkpoint's parameters must have the shapes the described network has."""
-    want = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1,) + net.obs.shape, net.obs.dtype)))
-    got = jax.tree_util.tree_map(np.shape, params)
-    if jax.tree_util.tree_map(lambda s: tuple(s.shape), want) != got:
+    want = jax.eval_shape(lambda: net.init_params(jax.random.PRNGKey(0)))
+    got = _tree(np.shape, params)
+    if _tree(lambda s: tuple(s.shape), want) != got:
         raise ConfigError(f"{path} does not match the network described by {SPEC_FILE} (foreign checkpoint?)")
 
 
@@ -339,7 +349,7 @@ def load(run_dir: str | os.PathLike, agent: int = 0, seed: int = 0) -> Policy:
         raise ConfigError(f"--agent {agent!r} is out of range: the run has {K} agent(s), 0..{K - 1}")
     try:
         state = tree["train_state"]
-        params = jax.tree_util.tree_map(lambda x: np.asarray(x)[agent], state["params"])
+        params = _tree(lambda x: np.asarray(x)[agent], state["params"])
         stats = state["obs_stats"]
     except (KeyError, TypeError, IndexError):
         raise ConfigError(f"{path} holds no policy parameters (train_state.params)") from None

@@ -149,7 +149,7 @@ def _run(cfg: Config, run_dir: Path, resuming: bool, driver: Driver, net, spec, 
         except EnvWorkerError as e:
             raise TrainingError(f"{e}; no iteration was run") from None
     warn = lambda m: say(f"[yellow]{m}")
-    write_policy_spec(run_dir, net, cfg.normalize_obs)  # what ppolab.load and ppolab export read
+    write_policy_spec(run_dir, net, cfg.normalize_obs, driver.masked)  # what ppolab.load and ppolab export read
     wandb = WandbSink(cfg.wandb_project, run_dir, to_dict(cfg)) if cfg.wandb_project else None
     logger = MetricsLogger(run_dir, cfg.tensorboard, resume_iteration=start if resuming else None,
                            steps_per_iteration=cfg.batch_size, warn=warn, sinks=(wandb,) if wandb else ())

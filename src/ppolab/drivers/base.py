@@ -26,10 +26,12 @@ Metrics = dict[str, np.ndarray]
 
 
 class Driver(Protocol):
-    net: ActorCritic
+    net: ActorCritic  # or ``recurrent.RecurrentActorCritic`` (``net.recurrent``)
     spec: LearnerSpec
     iterations_per_call: int
     """How many iterations one ``run`` call should be asked for at most (1 for the host loop)."""
+    masked: bool
+    """Whether the env gives action masks and the policy acts with them."""
 
     def precompile(self, state_shapes: TrainState) -> None:
         """Compile every program the run needs from the train state's shapes (``jax.eval_shape``) alone."""

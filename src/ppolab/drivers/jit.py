@@ -279,6 +279,7 @@ class JitDriver:
         self.env = make_jax_env(cfg)
         self.obs_spec, self.action_spec = self.env.obs_spec, self.env.action_spec
         self.net = make_model(cfg, self.obs_spec, self.action_spec)
+        self.masked = bool(getattr(self.env, "has_mask", False))
         self.iterations_per_call = auto_iterations_per_call(cfg)
         self.actors: ActorState | None = None
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))

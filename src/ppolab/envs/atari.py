@@ -36,7 +36,7 @@ def register_ale() -> None:
     try:
         import ale_py
     except ImportError as e:
-        from ppolab.envs.gymnasium_vec import EnvError
+        from ppolab.envs.errors import EnvError
 
         raise EnvError("Atari needs ale-py and opencv: pip install 'ppolab[atari]'") from e
     gym.register_envs(ale_py)

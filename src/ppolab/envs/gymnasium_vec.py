@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ppolab.envs import gymnasium_masks, masked_probes, probes
+from ppolab.envs import atari, gymnasium_masks, masked_probes, probes
 from ppolab.envs.base import Episode
 from ppolab.envs.cartpole_vector import same_step_cartpole_class
 from ppolab.envs.errors import EnvError, EnvFaultError, SubEnvError
@@ -66,6 +66,8 @@ def check_env_id(env_id: str) -> None:
     probes.register()
     masked_probes.register()
     name = import_env_module(env_id)
+    if atari.is_atari(name):
+        atari.register_ale()  # ale-py's ids exist only once registered (EnvError naming the extra if not installed)
     try:
         gym.spec(name)
     except gym.error.Error as e:
