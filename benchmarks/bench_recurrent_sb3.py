@@ -5,20 +5,22 @@
     python benchmarks/bench_recurrent_sb3.py --repeats 3            # 100k steps a run, RL-Zoo's budget
     python benchmarks/bench_recurrent_sb3.py --smoke                # a few thousand steps: checks the script only
 
-Hyperparameters: rl-baselines3-zoo ``hyperparams/ppo_lstm.yml``, entry ``CartPoleNoVel-v1`` (DLR-RM/rl-baselines3-zoo,
-read at commit 038ab1617a486b7d918be8056697bf34caeefbcd): n_envs 8, n_timesteps 1e5, policy MlpLstmPolicy,
+Hyperparameters: rl-baselines3-zoo ``hyperparams/ppo_lstm.yml``, entry ``CartPoleNoVel-v1`` (DLR-RM/rl-baselines3-zoo
+at commit 22e3ff2450fd92033f7f032915e1f64894a09584, "# Tuned"; its benchmark.md: 500 +- 0 after 100k steps):
+normalize True (VecNormalize: observations and rewards, gamma 0.98), n_envs 8, n_timesteps 1e5, MlpLstmPolicy,
 n_steps 32, batch_size 256, gae_lambda 0.8, gamma 0.98, n_epochs 20, ent_coef 0.0, learning_rate lin_0.001,
-clip_range lin_0.2; the rest are sb3's PPO defaults: vf_coef 0.5, max_grad_norm 0.5, advantages normalized per
-minibatch, no value clipping, Adam eps 1e-5, orthogonal init. RL-Zoo's ``CartPoleNoVel-v1`` is CartPole-v1 under
-``MaskVelocityWrapper`` (velocities zeroed, obs still [4]); here both sides drop them (obs [2]): the same information.
-In ppolab's flags: 8 envs x 32 steps, 1 minibatch (256 = the whole batch) x 20 epochs, step size 1e-3 and clip 0.2
-both annealed linearly to 0 (``lin_``: progress_remaining x value), sequences = whole rollouts (``--seq-len 0``; the
-carry resets at episode starts, as sb3's per-episode sequences do).
+clip_range lin_0.2, policy_kwargs ortho_init=False, activation_fn=nn.ReLU, lstm_hidden_size=64,
+enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64]); the rest are sb3's PPO defaults: vf_coef 0.5,
+max_grad_norm 0.5, advantages normalized per minibatch, no value clipping, Adam eps 1e-5. RL-Zoo's
+``CartPoleNoVel-v1`` is CartPole-v1 under ``MaskVelocityWrapper`` (velocities zeroed, obs still [4]); here both
+sides drop them (obs [2]): the same information. In ppolab's flags: 8 envs x 32 steps, 1 minibatch (256 = the whole
+batch) x 20 epochs, step size 1e-3 and clip 0.2 both annealed linearly to 0 (``lin_``: progress_remaining x value),
+--normalize-obs --normalize-reward, --activation relu --no-ortho-init, sequences = whole rollouts (``--seq-len 0``;
+the carry resets at episode starts, as sb3's per-episode sequences do).
 
-The networks cannot be laid out identically: sb3's MlpLstmPolicy is LSTM(256) -> MLP 64-64 tanh -> linear heads,
-with a second LSTM for the critic (``enable_critic_lstm=True``); ppolab's is MLP 64-64 tanh -> LSTM(256) -> linear
-heads, with ``--rnn-separate`` for the critic's own torso and cell. Same widths, same cell count; ppolab's cell reads
-64 inputs where sb3's reads 2, so ppolab does ~1.2x the cell's FLOPs.
+The networks cannot be laid out identically: sb3's MlpLstmPolicy is LSTM(64) -> MLP 64 ReLU -> linear heads, with
+a second LSTM for the critic (``enable_critic_lstm=True``); ppolab's is MLP 64 ReLU -> LSTM(64) -> linear heads,
+with ``--rnn-separate`` for the critic's own torso and cell. Same widths, same cell count.
 
 Each repeat runs both sides once, alternating which goes first, each in its own process (ppolab: ``python -m
 ppolab.cli train``; sb3: this script under ``--sb3-python`` with ``--sb3-side``). Reported per run: SPS (ppolab:
@@ -51,9 +53,9 @@ THRESHOLD = 475.0
 
 #: RL-Zoo ppo_lstm.yml CartPoleNoVel-v1 (see the module docstring), in ppolab's names.
 TOTAL_TIMESTEPS = 100_000  # RL-Zoo's n_timesteps
-HPARAMS = dict(num_envs=8, num_steps=32, num_minibatches=1, num_epochs=20,
+HPARAMS = dict(num_envs=8, num_steps=32, num_minibatches=1, num_epochs=20, normalize=True, activation="relu",
                learning_rate=1e-3, clip_eps=0.2, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, vf_coef=0.5,
-               max_grad_norm=0.5, adam_eps=1e-5, rnn_size=256, hidden_sizes=(64, 64))
+               max_grad_norm=0.5, adam_eps=1e-5, rnn_size=64, hidden_sizes=(64,))
 
 
 #: ppolab's recurrent-policy flags (a checkout that does not know them names one as unrecognized)
@@ -117,7 +119,8 @@ def time_to(rows: list[dict], threshold: float = THRESHOLD, window: int = 100) -
 def ppolab_flags(total: int, seed: int, eval_episodes: int) -> list[str]:
     h = HPARAMS
     return ["--env", "ppolab/StatelessCartPole-v0", "--policy", "lstm", "--rnn-size", str(h["rnn_size"]),
-            "--rnn-separate", "--hidden-sizes", *map(str, h["hidden_sizes"]), "--activation", "tanh",
+            "--rnn-separate", "--hidden-sizes", *map(str, h["hidden_sizes"]), "--activation", h["activation"],
+            "--no-ortho-init", "--normalize-obs", "--normalize-reward",
             "--num-envs", str(h["num_envs"]), "--num-steps", str(h["num_steps"]), "--seq-len", "0",
             "--num-minibatches", str(h["num_minibatches"]), "--num-epochs", str(h["num_epochs"]),
             "--learning-rate", str(h["learning_rate"]), "--anneal-lr", "--clip-eps", str(h["clip_eps"]),
@@ -194,13 +197,17 @@ def sb3_side(total: int, seed: int, eval_episodes: int, torch_threads: int, proc
     import torch as th
     from sb3_contrib import RecurrentPPO
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     _register_stateless_cartpole()
     th.set_num_threads(torch_threads)
     h = HPARAMS
     linear = lambda v: (lambda progress_remaining: progress_remaining * v)  # RL-Zoo's lin_ schedules
-    env = make_vec_env("StatelessCartPole-v1", n_envs=h["num_envs"], seed=seed)
+    env = VecNormalize(make_vec_env("StatelessCartPole-v1", n_envs=h["num_envs"], seed=seed), gamma=h["gamma"])
+    policy_kwargs = dict(ortho_init=False, activation_fn=th.nn.ReLU, lstm_hidden_size=h["rnn_size"],
+                         enable_critic_lstm=True, net_arch=dict(pi=[64], vf=[64]))
     model = RecurrentPPO("MlpLstmPolicy", env, n_steps=h["num_steps"], batch_size=256, n_epochs=h["num_epochs"],
+                         policy_kwargs=policy_kwargs,
                          learning_rate=linear(h["learning_rate"]), clip_range=linear(h["clip_eps"]), gamma=h["gamma"],
                          gae_lambda=h["gae_lambda"], ent_coef=h["ent_coef"], vf_coef=h["vf_coef"],
                          max_grad_norm=h["max_grad_norm"], seed=seed, device="cpu")
@@ -212,12 +219,13 @@ def sb3_side(total: int, seed: int, eval_episodes: int, torch_threads: int, proc
     return {"side": "sb3_contrib", "seed": seed, "steps": int(model.num_timesteps), "loop_s": round(loop_s, 3),
             "sps": round(model.num_timesteps / loop_s, 1), "torch_threads": torch_threads,
             "return_recent_100": mean(callback.recent[100]), "return_recent_20": mean(callback.recent[20]),
-            "eval_return_mean": _sb3_evaluate(model, gym.make("StatelessCartPole-v1"), eval_episodes, seed),
+            "eval_return_mean": _sb3_evaluate(model, gym.make("StatelessCartPole-v1"), eval_episodes, seed, env),
             **{f"to_475_last{w}": callback.hits.get(w) for w in (20, 100)}}
 
 
-def _sb3_evaluate(model, env, episodes: int, seed: int) -> float | None:
-    """Mean return of ``episodes`` deterministic episodes, the LSTM state carried and reset at episode starts."""
+def _sb3_evaluate(model, env, episodes: int, seed: int, norm) -> float | None:
+    """Mean return of ``episodes`` deterministic episodes, the LSTM state carried and reset at episode starts, the
+    observations normalized with the training run's VecNormalize statistics ``norm``."""
     import numpy as np
 
     returns = []
@@ -225,7 +233,8 @@ def _sb3_evaluate(model, env, episodes: int, seed: int) -> float | None:
         obs, _ = env.reset(seed=seed + 10**6 + i)
         state, start, total, done = None, np.ones((1,), bool), 0.0, False
         while not done:
-            action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+            action, state = model.predict(norm.normalize_obs(obs), state=state, episode_start=start,
+                                          deterministic=True)
             obs, r, terminated, truncated, _ = env.step(int(action))
             total, done, start = total + r, terminated or truncated, np.zeros((1,), bool)
         returns.append(total)

@@ -42,18 +42,21 @@ def test_only_a_recurrent_policy_recalls_the_cue(tmp_path, policy):
         assert summary["eval_return_mean"] >= 0.95, summary
 
 
-NOVEL = Config(env="gymnax:ppolab/StatelessCartPole", total_timesteps=100_000, num_minibatches=1, rnn_size=256,
-               rnn_separate=True, eval_episodes=20, progress=False, tensorboard=False, checkpoint_every=0,
-               compile_cache="")
+NOVEL = dict(env="gymnax:ppolab/StatelessCartPole", total_timesteps=100_000, eval_episodes=20, progress=False,
+             tensorboard=False, checkpoint_every=0, compile_cache="")
 
 
 @pytest.mark.slow
 def test_an_lstm_balances_a_cartpole_without_velocities_and_an_mlp_does_not(tmp_path):
-    """RL-Zoo's recurrent CartPoleNoVel-v1 settings (ppolab's defaults with one minibatch): the LSTM reaches 475,
-    the MLP with the same budget does not."""
-    lstm = train(NOVEL.replace(policy="lstm", run_dir=str(tmp_path / "lstm"))).summary
+    """RL-Zoo's tuned recurrent CartPoleNoVel-v1 settings (``--preset cartpole-lstm``): the LSTM reaches 475, the
+    MLP with the same settings and budget does not."""
+    from ppolab.config import apply_preset
+
+    lstm_cfg = apply_preset(Config(preset="cartpole-lstm", run_dir=str(tmp_path / "lstm"), **NOVEL))
+    lstm = train(lstm_cfg).summary
     assert lstm["eval_return_mean"] >= 475, lstm
-    mlp = train(NOVEL.replace(rnn_size=128, rnn_separate=False, run_dir=str(tmp_path / "mlp"))).summary
+    mlp = train(lstm_cfg.replace(policy="feedforward", rnn_size=128, rnn_separate=False, preset=None,
+                                 run_dir=str(tmp_path / "mlp"))).summary
     assert mlp["eval_return_mean"] < 475, mlp
 
 
