@@ -175,6 +175,7 @@ def purejaxrl_side(copy_dir: str, total: int, seed: int) -> dict:
 def ppolab_flags(total: int, seed: int) -> list[str]:
     c = CONFIG
     return ["--env", "gymnax:CartPole-v1", "--policy", "gru", "--rnn-size", str(GRU_SIZE), "--hidden-sizes", "128",
+            "--rnn-head-sizes", "128",
             "--activation", "relu", "--seq-len", str(c["NUM_STEPS"]), "--num-envs", str(c["NUM_ENVS"]),
             "--num-steps", str(c["NUM_STEPS"]), "--num-epochs", str(c["UPDATE_EPOCHS"]), "--num-minibatches",
             str(c["NUM_MINIBATCHES"]), "--learning-rate", str(c["LR"]), "--anneal-lr", "--clip-eps",

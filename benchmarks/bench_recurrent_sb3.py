@@ -18,9 +18,10 @@ batch) x 20 epochs, step size 1e-3 and clip 0.2 both annealed linearly to 0 (``l
 --normalize-obs --normalize-reward, --activation relu --no-ortho-init, sequences = whole rollouts (``--seq-len 0``;
 the carry resets at episode starts, as sb3's per-episode sequences do).
 
-The networks cannot be laid out identically: sb3's MlpLstmPolicy is LSTM(64) -> MLP 64 ReLU -> linear heads, with
-a second LSTM for the critic (``enable_critic_lstm=True``); ppolab's is MLP 64 ReLU -> LSTM(64) -> linear heads,
-with ``--rnn-separate`` for the critic's own torso and cell. Same widths, same cell count.
+The networks are laid out alike: sb3's MlpLstmPolicy is LSTM(64) on the observation -> 64 ReLU -> linear heads, with
+a second LSTM for the critic (``enable_critic_lstm=True``); ppolab's ``--preset cartpole-lstm`` is the same: no
+layer before the cell, ``--rnn-separate``, ``--rnn-head-sizes 64``. (Inits differ: torch's defaults against
+flax's.)
 
 Each repeat runs both sides once, alternating which goes first, each in its own process (ppolab: ``python -m
 ppolab.cli train``; sb3: this script under ``--sb3-python`` with ``--sb3-side``). Reported per run: SPS (ppolab:
@@ -54,8 +55,9 @@ THRESHOLD = 475.0
 #: RL-Zoo ppo_lstm.yml CartPoleNoVel-v1 (see the module docstring), in ppolab's names.
 TOTAL_TIMESTEPS = 100_000  # RL-Zoo's n_timesteps
 HPARAMS = dict(num_envs=8, num_steps=32, num_minibatches=1, num_epochs=20, normalize=True, activation="relu",
+               head_sizes=(64,),
                learning_rate=1e-3, clip_eps=0.2, gamma=0.98, gae_lambda=0.8, ent_coef=0.0, vf_coef=0.5,
-               max_grad_norm=0.5, adam_eps=1e-5, rnn_size=64, hidden_sizes=(64,))
+               max_grad_norm=0.5, adam_eps=1e-5, rnn_size=64, hidden_sizes=())
 
 
 #: ppolab's recurrent-policy flags (a checkout that does not know them names one as unrecognized)
@@ -118,8 +120,9 @@ def time_to(rows: list[dict], threshold: float = THRESHOLD, window: int = 100) -
 
 def ppolab_flags(total: int, seed: int, eval_episodes: int) -> list[str]:
     h = HPARAMS
-    return ["--env", "ppolab/StatelessCartPole-v0", "--policy", "lstm", "--rnn-size", str(h["rnn_size"]),
-            "--rnn-separate", "--hidden-sizes", *map(str, h["hidden_sizes"]), "--activation", h["activation"],
+    return ["--preset", "cartpole-lstm", "--env", "ppolab/StatelessCartPole-v0", "--policy", "lstm",  # the preset:
+            "--rnn-size", str(h["rnn_size"]),  # no layer before the cell (--hidden-sizes empty), the rest as below
+            "--rnn-separate", "--rnn-head-sizes", *map(str, h["head_sizes"]), "--activation", h["activation"],
             "--no-ortho-init", "--normalize-obs", "--normalize-reward",
             "--num-envs", str(h["num_envs"]), "--num-steps", str(h["num_steps"]), "--seq-len", "0",
             "--num-minibatches", str(h["num_minibatches"]), "--num-epochs", str(h["num_epochs"]),

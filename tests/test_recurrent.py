@@ -39,9 +39,10 @@ def _agent(tree, k):
 # ---- the cell: numpy mirror, sequences vs steps ---------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("separate", [False, True])
-def test_sequence_scan_step_by_step_and_numpy_agree(cell, separate):
-    net = R.RecurrentActorCritic(obs=OBS, action=DISCRETE, hidden_sizes=(16,), cell=cell, rnn_size=8,
-                                 separate=separate)
+@pytest.mark.parametrize("layout", [dict(hidden_sizes=(16,)), dict(hidden_sizes=(), head_sizes=(8, 4))],
+                         ids=["torso", "heads"])
+def test_sequence_scan_step_by_step_and_numpy_agree(cell, separate, layout):
+    net = R.RecurrentActorCritic(obs=OBS, action=DISCRETE, cell=cell, rnn_size=8, separate=separate, **layout)
     params = net.init_params(jax.random.PRNGKey(0))
     params = jax.tree_util.tree_map(lambda p: p * 3.0, params)  # logits far from uniform
     S, L = 3, 6

@@ -68,4 +68,5 @@ def net_signature(net: ActorCritic) -> str:
     """What a checkpoint's parameters must fit: spaces and network shape (checked on every restore)."""
     return (f"obs={list(net.obs.shape)}:{net.obs.dtype} action={net.action.kind}:{net.action.size}:"
             f"{list(net.action.nvec)} hidden={list(net.hidden_sizes)} act={net.activation} shared={net.shared_torso}"
-            + (f" cell={net.cell}:{net.rnn_size} separate={net.separate}" if net.recurrent else ""))
+            + (f" cell={net.cell}:{net.rnn_size} separate={net.separate}" if net.recurrent else "")
+            + (f" heads={list(net.head_sizes)}" if getattr(net, "head_sizes", ()) else ""))

@@ -109,6 +109,8 @@ class Config:
     """Width of the recurrent cell (--policy lstm|gru)."""
     rnn_separate: bool = False
     """Separate actor and critic torso+cell (default: one torso and cell for both heads)."""
+    rnn_head_sizes: tuple[int, ...] = ()
+    """Hidden layers after the cell, one stack per head (sb3-contrib's RecurrentPPO: 64; PureJaxRL: 128)."""
     seq_len: int = 0
     """Recurrent update: sequences of this many steps, each from its stored start carry (0: whole rollouts)."""
     normalize_obs: bool = False
@@ -288,8 +290,10 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _check(v is None or (math.isfinite(v) and v > 0), f"--{name.replace('_', '-')} must be > 0 or None (got {v!r})")
     _check(math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0, f"--adam-eps must be > 0 (got {cfg.adam_eps!r})")
-    _check(len(cfg.hidden_sizes) > 0 and all(h > 0 for h in cfg.hidden_sizes),
-           f"--hidden-sizes must be positive widths (got {cfg.hidden_sizes!r})")
+    _check((len(cfg.hidden_sizes) > 0 or cfg.policy != "feedforward") and all(h > 0 for h in cfg.hidden_sizes),
+           f"--hidden-sizes must be positive widths (got {cfg.hidden_sizes!r}; none: only before a recurrent cell)")
+    _check(all(h > 0 for h in cfg.rnn_head_sizes), f"--rnn-head-sizes must be positive widths "
+           f"(got {cfg.rnn_head_sizes!r})")
     _check(cfg.activation in ("tanh", "relu"), f"--activation must be tanh or relu (got {cfg.activation!r})")
     _check(1 <= cfg.frame_stack <= 16, f"--frame-stack must be 1..16 frames (got {cfg.frame_stack})")
     _check(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0 (got {cfg.eval_episodes})")

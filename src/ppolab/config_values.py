@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numbers
 
+_INT_TUPLES = ("hidden_sizes", "rnn_head_sizes")  # fields that are tuples of integers
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid. The message names the value and what is allowed."""
@@ -25,7 +27,7 @@ class _BadValue(ConfigError):
 
     def __init__(self, key, v, default, label: str | None, sweepable: tuple[str, ...]):
         expected = ("a number or a list of numbers" if key in sweepable else "a list of integers"
-                    if key == "hidden_sizes" else type(default).__name__ if default is not None else "a value or null")
+                    if key in _INT_TUPLES else type(default).__name__ if default is not None else "a value or null")
         super().__init__(f"{label or f'config key {key!r}'} has value {_short(v)} of type {type(v).__name__}; "
                          f"expected {expected}")
 
@@ -41,7 +43,7 @@ def coerce(key, v, default, label: str | None, sweepable: tuple[str, ...], choic
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise bad()
         return float(v)
-    if key == "hidden_sizes":
+    if key in _INT_TUPLES:
         if not isinstance(v, tuple) or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v):
             raise bad()
         return tuple(int(x) for x in v)

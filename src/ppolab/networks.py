@@ -53,9 +53,9 @@ class ActorCritic(nn.Module):
     def init_params(self, key, batch: int = 1):
         return self.init(key, jnp.zeros((batch,) + self.obs.shape, jnp.uint8 if self.obs.image else jnp.float32))
 
-    def _mlp(self, x, prefix):
+    def _mlp(self, x, prefix, sizes=None):
         act = jnp.tanh if self.activation == "tanh" else nn.relu
-        for i, h in enumerate(self.hidden_sizes):
+        for i, h in enumerate(self.hidden_sizes if sizes is None else sizes):
             x = act(_dense(h, math.sqrt(2), self.ortho_init, f"{prefix}_{i}")(x))
         return x
 

@@ -29,7 +29,8 @@ SPEC_VERSION = 1
 _NET_SKIP = ("obs", "action", "parent", "name")
 _SIG = re.compile(r"obs=\[(?P<obs>[\d, ]*)\]:(?P<dtype>\w+) action=(?P<kind>\w+):(?P<size>\d+):\[(?P<nvec>[\d, ]*)\] "
                   r"hidden=\[(?P<hidden>[\d, ]*)\] act=(?P<act>\w+) shared=(?P<shared>True|False)"
-                  r"( cell=(?P<cell>\w+):(?P<rnn>\d+) separate=(?P<separate>True|False))?")
+                  r"( cell=(?P<cell>\w+):(?P<rnn>\d+) separate=(?P<separate>True|False))?"
+                  r"( heads=\[(?P<heads>[\d, ]*)\])?")
 
 
 def _bounds(values) -> list:
@@ -86,7 +87,8 @@ def _spec_from_signature(signature: str, config: dict) -> dict:
             layout[k] = config[k]
     kind = m["cell"] or config.get("policy", "feedforward")
     if m["cell"]:  # a recurrent checkpoint's signature names its cell
-        layout.update(cell=kind, rnn_size=int(m["rnn"]), separate=m["separate"] == "True")
+        layout.update(cell=kind, rnn_size=int(m["rnn"]), separate=m["separate"] == "True",
+                      head_sizes=ints(m["heads"] or ""))
     elif kind != "feedforward":  # (signatures before the cell was named in them) config.json does
         layout.update(cell=kind, rnn_size=int(config.get("rnn_size", 128)),
                       separate=bool(config.get("rnn_separate", False)))

@@ -43,11 +43,12 @@ PRESETS: dict[str, dict] = {
     # The default: CartPole-v1 solved (return 500) within 100k steps. RL-Zoo-like settings.
     "cartpole": dict(env="CartPole-v1"),
     # RL-Zoo's tuned recurrent PPO for CartPoleNoVel-v1 (hyperparams/ppo_lstm.yml; 500 at 100k steps in its
-    # benchmark): the default settings with one minibatch, observation and reward normalization, separate actor and
-    # critic LSTMs of 64 after a 64-unit ReLU layer, default (not orthogonal) init; on CartPole without velocities.
+    # benchmark): the default settings with one minibatch, observation and reward normalization, and sb3-contrib's
+    # layout: separate actor and critic LSTMs of 64 on the observation, then a 64-unit ReLU layer per head, default
+    # (not orthogonal) init; on CartPole without velocities.
     "cartpole-lstm": dict(env="ppolab/StatelessCartPole-v0", policy="lstm", rnn_size=64, rnn_separate=True,
-                          hidden_sizes=(64,), activation="relu", ortho_init=False, num_minibatches=1,
-                          normalize_obs=True, normalize_reward=True),
+                          hidden_sizes=(), rnn_head_sizes=(64,), activation="relu", ortho_init=False,
+                          num_minibatches=1, normalize_obs=True, normalize_reward=True),
     # The same settings on gymnax's CartPole with the fully jitted driver (solved within 100k steps).
     "gymnax-cartpole": dict(env="gymnax:CartPole-v1"),
     # The paper's MuJoCo setting, Table 3, and nothing else: 1 actor, T=2048, Adam 3e-4 constant, 10 epochs,

@@ -41,6 +41,7 @@ class RecurrentActorCritic(ActorCritic):
     cell: str = "lstm"
     rnn_size: int = 128
     separate: bool = False
+    head_sizes: tuple[int, ...] = ()  # hidden layers after the cell, one stack per head (sb3-contrib, PureJaxRL)
     recurrent = True
 
     def initial_carry(self, batch_shape: tuple[int, ...]):
@@ -78,6 +79,9 @@ class RecurrentActorCritic(ActorCritic):
             y_pi, c = self._run_cell(self._torso(obs, "torso"), starts, carry[0], "rnn", sequence)
             y_v, new_carry = y_pi, (c,)
         dist = value = None
+        if self.head_sizes:  # "pi_post_0.." / "v_post_0..": each head's own layers after the cell
+            y_pi = self._mlp(y_pi, "pi_post", self.head_sizes) if heads in ("both", "policy") else y_pi
+            y_v = self._mlp(y_v, "v_post", self.head_sizes) if heads in ("both", "value") else y_v
         if heads in ("both", "policy"):
             head = _dense(self.action.head_size, 0.01, True, "pi_head")(y_pi)
             log_std = None
@@ -97,7 +101,8 @@ def make_recurrent_network(cfg, obs, action) -> RecurrentActorCritic:
     return RecurrentActorCritic(obs=obs, action=action, hidden_sizes=tuple(cfg.hidden_sizes),
                                 activation=cfg.activation, shared_torso=not cfg.rnn_separate,
                                 ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init, cell=cfg.policy,
-                                rnn_size=cfg.rnn_size, separate=cfg.rnn_separate)
+                                rnn_size=cfg.rnn_size, separate=cfg.rnn_separate,
+                                head_sizes=tuple(cfg.rnn_head_sizes))
 
 
 # ---- numpy mirror ---------------------------------------------------------------------------------------------------
@@ -155,6 +160,7 @@ class NumpyRecurrentPolicy:
     cells: list       # per cell: NumpyCell
     head: tuple
     std: np.ndarray | None
+    post: list = dataclasses.field(default_factory=list)  # the policy head's layers after the cell
 
     @classmethod
     def supports(cls, net) -> bool:
@@ -169,7 +175,9 @@ class NumpyRecurrentPolicy:
         cells = [NumpyCell.from_params(net.cell, p[c]) for _, c in names]
         head = (p["pi_head"]["kernel"], p["pi_head"]["bias"][:, None, :])
         std = np.exp(p["log_std"][:, None, :]).astype(np.float32) if "log_std" in p else None
-        return cls(net, torsos, cells, head, std)
+        post = [(p[f"pi_post_{i}"]["kernel"], p[f"pi_post_{i}"]["bias"][:, None, :])
+                for i in range(len(net.head_sizes))]
+        return cls(net, torsos, cells, head, std, post)
 
     def step(self, obs: np.ndarray, starts: np.ndarray, carry):
         """obs [K, B, *obs] (normalized), starts [K, B] bool, carry (leaves [K, B, H]) -> (head [K, B, head],
@@ -186,6 +194,8 @@ class NumpyRecurrentPolicy:
             c, y = cell(c, x)
             new_carry.append(c)
             if out is None:
+                for W, b in self.post:
+                    y = act(np.matmul(y, W) + b)
                 out = np.matmul(y, self.head[0]) + self.head[1]
         return out, tuple(new_carry)
 
