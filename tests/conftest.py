@@ -65,6 +65,22 @@ SLOW = {
     "test_masking.py::test_bandit_is_learned_without_illegal_actions_and_off_takes_the_bait",
     "test_config_props.py::test_to_dict_from_dict_round_trip_through_json",
     "test_tiny_grid.py::",
+    # variants of a default-tier test: the compiled-graph variant steps through plain actor calls after its second
+    # reset; the in-process resume tests stay (a kill inside a write: also test_repeated_sigkills_at_random_times);
+    # masked acting of both backends: test_policy_api.py's test_action_masks_leave_only_legal_actions
+    "test_ray.py::test_ray_vector_env_steps_like_the_local_vector_env[actor-calls]",
+    "test_resume.py::test_sigkill_during_checkpoint_write_then_resume_is_bitwise",
+    "test_figures.py::test_make_figures_writes_the_pngs_and_the_numbers",
+    "test_masking.py::test_numpy_and_jax_acting_agree_on_masked_actions",
+    # recurrent: the default tier keeps one numpy/flax/step variant per cell, the LSTM theory test, both reset
+    # placements, the cells' gradients, vmapped-vs-alone + resume and the LSTM memory task
+    "test_recurrent.py::test_host_and_jitted_drivers_agree_with_a_recurrent_policy",
+    "test_recurrent.py::test_ratio_is_one_and_cpi_gradient_equals_pg_gradient_at_theta_old[gru-action1]",
+    "test_recurrent.py::test_recurrent_train_learn_compiles_once_per_shape",
+    "test_recurrent.py::test_sequence_scan_step_by_step_and_numpy_agree[torso-True-",
+    "test_recurrent.py::test_sequence_scan_step_by_step_and_numpy_agree[heads-False-",
+    "test_recurrent.py::test_sequence_scan_step_by_step_and_numpy_agree[torso-False-gru",
+    "test_recurrent.py::test_sequence_scan_step_by_step_and_numpy_agree[heads-True-lstm",
 }
 
 

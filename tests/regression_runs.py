@@ -1,7 +1,9 @@
 """The fixed runs of the refactor's regression test (issue 11): the same seed and flags must give the same
 metrics.csv, every column but ``time_s``, as the commit that generated ``tests/data/regression/``.
 
-    python tests/regression_runs.py OUT_DIR     # writes OUT_DIR/NAME.csv for every run (regenerates the data)
+    python tests/regression_runs.py OUT_DIR             # writes OUT_DIR/NAME.csv for every run (regenerates the data)
+    python tests/regression_runs.py OUT_DIR NAME...     # only these runs (tests/test_regression.py runs them in
+                                                        # parallel processes: each run is mostly compilation)
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def run(name: str, root: Path) -> str:
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    names = sys.argv[2:] or list(RUNS)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        sys.exit(f"unknown run(s) {unknown}; known: {list(RUNS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in RUNS:
+        for name in names:
             (out / f"{name}.csv").write_text(run(name, Path(tmp)))
             print(name, "written")

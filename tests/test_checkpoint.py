@@ -96,12 +96,13 @@ def test_keep_checkpoints_and_final_state_round_trip(run):
 
 def test_keep_checkpoints_flag_via_cli(tmp_path, capsys):
     d = tmp_path / "r"
+    # the shapes and length of the module's run (10 iterations): the same compiled learner, no second compile
     code = cli_main(["train", "--env", "CartPole-v1", "--num-envs", "2", "--num-steps", "16", "--num-epochs", "1",
                      "--num-minibatches", "1", "--eval-episodes", "0", "--no-tensorboard", "--no-progress",
-                     "--total-timesteps", "192", "--checkpoint-every", "1", "--keep-checkpoints", "2",
+                     "--total-timesteps", "320", "--checkpoint-every", "1", "--keep-checkpoints", "2",
                      "--run-dir", str(d)])
     assert code == 0, capsys.readouterr().err
-    assert ckpt_iters(d) == [5, 6]
+    assert ckpt_iters(d) == [9, 10]
     code = cli_main(["train", "--keep-checkpoints", "0", "--run-dir", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "--keep-checkpoints must be >= 1 (got 0)" in err and "Traceback" not in err

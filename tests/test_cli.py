@@ -8,7 +8,9 @@ import pytest
 
 from ppolab.cli import main
 
-TINY = ["--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64", "--num-epochs", "1",
+# the learner of tests/test_export.py's, test_policy_api.py's, test_learning.py's... tiny CartPole runs (4 x 64 steps, 2
+# epochs, 2 iterations): compiled once per session
+TINY = ["--total-timesteps", "512", "--num-envs", "4", "--num-steps", "64", "--num-epochs", "2",
         "--eval-episodes", "2", "--no-progress"]
 
 

@@ -209,7 +209,9 @@ def test_brax_truncation_kept_apart():
 
 
 def test_host_driver_seeds_match_alone():
-    cfg = Config(env="CartPole-v1", total_timesteps=2048, num_envs=2, num_steps=16, num_epochs=2, progress=False,
+    # the tiny CartPole run of test_cli.py, test_export.py... (alone) and of test_report.py's two seeds (population):
+    # learners compiled once a session
+    cfg = Config(env="CartPole-v1", total_timesteps=512, num_envs=4, num_steps=64, num_epochs=2, progress=False,
                  compile_cache="")
     pop, _, _, pstate, rows = _setup(cfg.replace(num_seeds=2))
     try:

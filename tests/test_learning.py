@@ -46,7 +46,8 @@ def _rows(run_dir):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    kw = dict(total_timesteps=2048, num_envs=4, num_steps=64, num_epochs=2, eval_episodes=2, **FAST)
+    # 2 iterations of the tiny CartPole run of test_cli.py, test_export.py...: the learner is compiled once a session
+    kw = dict(total_timesteps=512, num_envs=4, num_steps=64, num_epochs=2, eval_episodes=2, **FAST)
     a = ppolab.train(Config(run_dir=str(tmp_path / "a"), **kw))
     b = ppolab.train(Config(run_dir=str(tmp_path / "b"), **kw))
     c = ppolab.train(Config(run_dir=str(tmp_path / "c"), seed=1, **kw))

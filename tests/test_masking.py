@@ -194,7 +194,7 @@ def test_update_reports_the_exact_masked_kl_and_the_mask_metrics():
 
 
 def test_update_skips_a_rollout_with_an_empty_mask():
-    net, spec, state = _learner()
+    net, spec, state = _learner("kl-adaptive")  # the learner of the test above: compiled once
     rollout = _masked_rollout(2)
     rollout = rollout.replace(action_mask=rollout.action_mask.at[5, 2].set(False))
     new, m = jax.jit(learn, static_argnums=(0, 1))(spec, net, state, rollout)

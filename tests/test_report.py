@@ -171,7 +171,7 @@ def run_dir(tmp_path_factory) -> Path:
     from ppolab.evaluate import record_run_video
 
     run = tmp_path_factory.mktemp("report") / "run"
-    ppolab.train(ppolab.Config(env="CartPole-v1", total_timesteps=1024, num_envs=4, num_steps=64, num_epochs=2,
+    ppolab.train(ppolab.Config(env="CartPole-v1", total_timesteps=512, num_envs=4, num_steps=64, num_epochs=2,
                                num_seeds=2, eval_episodes=2, progress=False, tensorboard=False, run_dir=str(run)))
     record_run_video(run, max_steps=60)
     return run
@@ -253,7 +253,7 @@ def test_a_finished_run_writes_its_report(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PPOLAB_REPORT", "1")
     run = tmp_path / "r"
-    ppolab.train(ppolab.Config(total_timesteps=512, num_envs=4, num_steps=64, num_epochs=1, eval_episodes=1,
-                               progress=False, tensorboard=False, run_dir=str(run)))
+    ppolab.train(ppolab.Config(total_timesteps=512, num_envs=4, num_steps=64, num_epochs=2, eval_episodes=1,
+                               progress=False, tensorboard=False, run_dir=str(run)))  # test_export.py's learner
     text = (run / "report.html").read_text()
     assert "<html" in text.lower() and "CartPole-v1" in text and "data:image/png;base64," in text

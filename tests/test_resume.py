@@ -197,7 +197,7 @@ def test_gymnasium_sigkill_between_checkpoints(tmp_path):
 def test_gymnasium_resume_restores_learner_state_exactly_and_continues_deterministically(tmp_path):
     """Two resumes from the same checkpoint give the same learner state (episodes restart from derived seeds)."""
     a = tmp_path / "a"
-    train(_cfg(a, env="CartPole-v1", iters=8))
+    train(_cfg(a, env="CartPole-v1", iters=10))  # the learner of test_checkpoint.py's run (TINY, 10 iterations)
     for p in checkpoints(a):
         if ck.iteration_of(p) > 4:
             p.unlink()
@@ -206,18 +206,18 @@ def test_gymnasium_resume_restores_learner_state_exactly_and_continues_determini
     saved = train_state_arrays(a / "checkpoints" / "ckpt-00000004.ppolab")
     ra = train(Config(), resume=a)
     rb = train(Config(), resume=b)
-    assert_same_arrays(train_state_arrays(a / "checkpoints" / "ckpt-00000008.ppolab"),
-                       train_state_arrays(b / "checkpoints" / "ckpt-00000008.ppolab"))
+    assert_same_arrays(train_state_arrays(a / "checkpoints" / "ckpt-00000010.ppolab"),
+                       train_state_arrays(b / "checkpoints" / "ckpt-00000010.ppolab"))
     assert strip_time(csv_rows(a)) == strip_time(csv_rows(b))
-    assert int(np.asarray(ra.state.iteration)[0]) == 8 == int(np.asarray(rb.state.iteration)[0])
-    assert int(np.asarray(ra.state.env_steps)[0]) == 8 * STEPS_PER_ITER
+    assert int(np.asarray(ra.state.iteration)[0]) == 10 == int(np.asarray(rb.state.iteration)[0])
+    assert int(np.asarray(ra.state.env_steps)[0]) == 10 * STEPS_PER_ITER
     assert train_state_arrays(a / "checkpoints" / "ckpt-00000004.ppolab").keys() == saved.keys()
 
 
 def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train(_cfg(run, env="CartPole-v1", iters=8))
-    newest = run / "checkpoints" / "ckpt-00000008.ppolab"
+    train(_cfg(run, env="CartPole-v1", iters=10))
+    newest = run / "checkpoints" / "ckpt-00000010.ppolab"
     newest.write_bytes(newest.read_bytes()[:-10])
     (run / "summary.json").unlink()
     with open(run / "metrics.csv", "a") as f:  # a row cut short by the kill, in the middle of its first field
@@ -230,10 +230,10 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
 
     train(Config(), resume=run, console=Console())
     assert any("skipping checkpoint" in w and "checksum" in w for w in warnings)
-    assert any("from ckpt-00000004.ppolab (iteration 4)" in w for w in warnings)
-    assert ckpt_iters(run) == [4, 8]
-    assert train_state_arrays(run / "checkpoints" / "ckpt-00000008.ppolab")  # the rewritten one loads
-    assert _iterations(csv_rows(run)) == list(range(1, 9))
+    assert any("from ckpt-00000008.ppolab (iteration 8)" in w for w in warnings)
+    assert ckpt_iters(run) == [4, 8, 10]
+    assert train_state_arrays(run / "checkpoints" / "ckpt-00000010.ppolab")  # the rewritten one loads
+    assert _iterations(csv_rows(run)) == list(range(1, 11))
 
 
 def test_rows_reach_the_disk_before_their_checkpoint(tmp_path, monkeypatch):
@@ -247,8 +247,8 @@ def test_rows_reach_the_disk_before_their_checkpoint(tmp_path, monkeypatch):
         return real_save(ckpt_dir, iteration, tree, header, **kw)
 
     monkeypatch.setattr(ck, "save", spy)
-    train(_cfg(run, env="CartPole-v1", iters=8))
-    assert seen == {4: [1, 2, 3, 4], 8: list(range(1, 9))}
+    train(_cfg(run, env="CartPole-v1", iters=10))
+    assert seen == {4: [1, 2, 3, 4], 8: list(range(1, 9)), 10: list(range(1, 11))}
 
 
 @needs_jit
