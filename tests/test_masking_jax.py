@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _host_jax import HostJaxEnv, SameKeysHostDriver
 from _trust import STEPS_PER_ITER, TINY_KW, assert_same_arrays, checkpoints, csv_rows, strip_time, train_state_arrays
 
 from ppolab import checkpoint as ck
@@ -20,8 +21,6 @@ from ppolab import distributions as D
 from ppolab.assembly import env_seeds, init_population
 from ppolab.config import Config, agent_table
 from ppolab.drivers import jit as J
-from ppolab.drivers.host import HostDriver
-from ppolab.envs.base import Episode
 from ppolab.envs.factory import make_jax_env
 from ppolab.spaces import ActionSpec, ObsSpec
 from ppolab.training import train
@@ -30,49 +29,6 @@ from ppolab.update import LearnerSpec
 pytest.importorskip("jumanji")
 KNAPSACK = "jumanji:Knapsack-v1"
 RANDOM_KNAPSACK = 13.42  # the uniform-legal policy's mean return, 300 episodes, seed 0 (random_policy_score)
-
-
-class HostJaxEnv:
-    """K x B actors of a ``JaxEnv`` stepped from the host with exactly the jitted driver's reset and step keys, behind
-    the ``HostVecEnv`` interface with masks (``has_mask``, ``mask`` [K, B, head])."""
-
-    def __init__(self, env, num_agents: int, num_envs: int):
-        self.env, self.K, self.B = env, num_agents, num_envs
-        self.obs_spec, self.action_spec, self.has_mask = env.obs_spec, env.action_spec, env.has_mask
-        self._step = jax.jit(jax.vmap(self._step_agent))
-        self._masks = jax.jit(jax.vmap(jax.vmap(env.mask)))
-
-    def _step_agent(self, actors: J.ActorState, action):  # the env half of ``drivers.jit.env_step``
-        env_key, step_key = jax.random.split(actors.key)
-        obs, env_state, rew, term, trunc, final = jax.vmap(self.env.step)(
-            jax.random.split(step_key, self.B), actors.env_state, action)
-        done = term | trunc
-        ret, length = actors.ep_return + rew, actors.ep_length + 1
-        nxt = J.ActorState(env_state=env_state, obs=obs, ep_return=jnp.where(done, 0.0, ret),
-                           ep_length=jnp.where(done, 0, length), key=env_key)
-        return nxt, (rew, term, trunc, final, ret, length)
-
-    def reset(self, seeds):
-        keys = jnp.stack([jax.random.PRNGKey(int(s)) for s in np.asarray(seeds).reshape(self.K, self.B)[:, 0]])
-        self.actors = J._reset_population(self.env, self.B, keys)
-        self.mask = np.asarray(self._masks(self.actors.env_state))
-        return np.asarray(self.actors.obs)
-
-    def step(self, actions):
-        self.actors, out = self._step(self.actors, jnp.asarray(actions))
-        rew, term, trunc, final, ret, length = (np.asarray(x) for x in out)
-        self.mask = np.asarray(self._masks(self.actors.env_state))
-        done = term | trunc
-        episodes = [Episode(int(k), int(b), float(ret[k, b]), int(length[k, b])) for k, b in zip(*np.nonzero(done),
-                                                                                                  strict=True)]
-        return np.asarray(self.actors.obs), rew, term, trunc, final, episodes
-
-    def close(self):
-        pass
-
-
-class SameKeysHostDriver(HostDriver):
-    act_stream = J.ACT_STREAM  # acting keys as the jitted driver derives them
 
 
 def _pair(cfg: Config):

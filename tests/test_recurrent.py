@@ -261,7 +261,7 @@ def _setup(cfg):
 
 
 def test_host_and_jitted_drivers_agree_with_a_recurrent_policy():
-    from tests._host_jax import HostJaxEnv, SameKeysHostDriver
+    from _host_jax import HostJaxEnv, SameKeysHostDriver
 
     jitted, net, spec, state = _setup(GYMNAX)
     host = SameKeysHostDriver(GYMNAX, HostJaxEnv(jitted.env, 1, GYMNAX.num_envs), net, spec, 1, eval_env=None)
