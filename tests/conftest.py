@@ -13,7 +13,10 @@
 import os
 import tempfile
 
-import jax
+# two pytest-xdist workers (pyproject addopts) on one GPU: each takes memory as it needs it, not 75 % at start
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
 
 os.environ["PPOLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="ppolab-test-jax-cache-")
 os.environ["PPOLAB_REPORT"] = "0"  # report.html at the end of every run: tested in tests/test_report.py
