@@ -24,8 +24,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 # ---- the default run and the slow tier ------------------------------------------------------------------------------
-# `python -m pytest -q` (README, .ci/run) runs the default tier, sized to stay under ~10 minutes on the slowest
-# machines CI uses (~4 minutes on an AVX-512 one): every numerical reference, the refactor's regression runs, one of
+# `python -m pytest -q` (README, .ci/run) runs the default tier, meant to stay under ~10 minutes on the slowest
+# machines CI uses, ~4 minutes on an AVX-512 one (measured in session 7: 7 min 6 s there with two xdist workers, so
+# still over; BENCHMARKS.md): every numerical reference, the refactor's regression runs, one of
 # each kind of parity (jitted vs Python loop, Ray vs in-process, resume vs uninterrupted, vmapped vs alone) and the
 # fast learning tests. `python -m pytest -q -m slow` runs the rest: the longer parity, learning, fault and grid tests
 # below (each over ~7 s on a loaded 2-core VM) and those marked @pytest.mark.slow in their files.
