@@ -78,9 +78,13 @@ def init_state(spec: LearnerSpec, net: ActorCritic, key: jax.Array, hparams: HPa
         env_steps=jnp.asarray(0, jnp.int32), key=key)
 
 
-def alpha(spec: LearnerSpec, iteration: jax.Array) -> jax.Array:
-    """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last)."""
-    return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
+def alpha(spec: LearnerSpec, iteration: jax.Array, num_iterations: jax.Array | None = None) -> jax.Array:
+    """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last). The run's length is
+    ``spec.num_iterations``, or ``num_iterations`` as a traced value (then runs that differ only in their length
+    share one compiled program)."""
+    if num_iterations is None:
+        return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
+    return 1.0 - iteration.astype(jnp.float32) / jnp.asarray(num_iterations).astype(jnp.float32)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -233,14 +237,16 @@ def run_epochs(spec: LearnerSpec, net: ActorCritic, state: TrainState, inputs: S
     return unravel(carry.params), to_tree_opt(carry.opt_state), carry
 
 
-def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout) -> tuple[TrainState, dict]:
+def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout,
+          num_iterations: jax.Array | None = None) -> tuple[TrainState, dict]:
     """One PPO iteration's learning step for one agent (Algorithm 1): GAE, K epochs of minibatch SGD on the
-    surrogate, then the controllers. Returns (new state, metrics: {``METRIC_KEYS``: scalar})."""
+    surrogate, then the controllers. Returns (new state, metrics: {``METRIC_KEYS``: scalar}). ``num_iterations``:
+    the run's length as a traced value (see ``alpha``), else ``spec.num_iterations``."""
     hp = state.hparams
     T, B = rollout.rewards.shape
     key, perm_key = jax.random.split(state.key)
     perms = shuffles(perm_key, spec.num_epochs, num_units(spec, rollout))
-    a = alpha(spec, state.iteration)
+    a = alpha(spec, state.iteration, num_iterations)
     obs_ok = _all_finite((rollout.obs, rollout.final_obs, rollout.last_obs))
     reward_ok = _all_finite(rollout.rewards)
     params_ok = _all_finite(state.params)

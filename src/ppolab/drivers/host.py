@@ -12,6 +12,7 @@ and the sub-env), restrict the sampled and the deterministic actions to legal on
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -77,7 +78,11 @@ class HostDriver:
         if backend == "numpy" and not self._numpy_policy.supports(net):
             raise ValueError("--act-backend numpy supports MLP policies only; use jax for image observations")
         self.backend = backend
-        self._learn = xla.jit(jax.vmap(functools.partial(learn, spec, net)))
+        # the run's length enters the update as a value, not as part of the program: runs that differ only in
+        # --total-timesteps share one compiled update (in this process and through the persistent cache)
+        self._num_iterations = np.int32(spec.num_iterations)
+        any_length = dataclasses.replace(spec, num_iterations=0)
+        self._learn = xla.jit(jax.vmap(lambda s, r, n: learn(any_length, net, s, r, n), in_axes=(0, 0, None)))
         self.groups = Groups(num_agents, num_groups(cfg.threads, num_agents))
         fn = act_recurrent if self.recurrent else act
         self._act = jax.jit(lambda s, *a, deterministic=False: jax.vmap(
@@ -125,11 +130,11 @@ class HostDriver:
                           action_mask=self._mask_buf, starts=self._starts_buf, carries=self._carry_buf)
         for state_g, rollout_g in zip(self.groups.abstract_parts(state_shapes), self.groups.abstract_parts(rollout),
                                       strict=True):
-            self._learn.lower(state_g, rollout_g).compile()
+            self._learn.lower(state_g, rollout_g, self._num_iterations).compile()
 
     def learn(self, state: TrainState, rollout: Rollout):
         """The vmapped update of every agent (in parallel groups of agents, see ``drivers.population``)."""
-        return self.groups(self._learn, state, rollout)
+        return self.groups(lambda s, r: self._learn(s, r, self._num_iterations), state, rollout)
 
     def driver_state(self):
         return None  # Gymnasium envs cannot be snapshotted; a resumed run restarts episodes from derived seeds
