@@ -9,7 +9,7 @@ import math
 import pytest
 
 from ppolab.cli import CompareArgs
-from ppolab.config import ConfigError
+from ppolab.config import Config, ConfigError
 from ppolab.experiments import compare
 from ppolab.experiments import scores as S
 
@@ -199,3 +199,25 @@ def test_ctrl_c_stops_the_ray_tasks_with_checkpoints_and_the_grid_resumes(tmp_pa
     groups = compare.plan(list(same.envs), [compare.parse_setting(s) for s in same.settings])
     cfgs = [compare.group_config(same, g, out) for g in groups]
     assert [compare.group_status(c) for c in cfgs] == ["resume", "resume"]
+
+
+def test_a_pool_worker_that_saw_a_stop_starts_no_queued_group(monkeypatch):
+    """Ctrl-C cannot cancel the calls a process pool has already handed its workers; such a group must not train to
+    its end after the signal (seen in session 7: a full group started after Ctrl-C). Outside a pool nothing changes."""
+    import types
+
+    import ppolab.training
+    from ppolab.experiments import runners
+
+    calls = []
+    summaries = iter([{"stopped": "SIGINT"}, {}, {}])
+    monkeypatch.setattr(ppolab.training, "train",
+                        lambda cfg, **kw: calls.append(cfg) or types.SimpleNamespace(summary=next(summaries)))
+    monkeypatch.setattr(runners, "_stop_seen", False)
+    monkeypatch.setattr(runners, "_pool_worker", True)
+    cfg = Config(run_dir="unused")
+    assert runners.train_group(cfg, "fresh") == "stopped"
+    assert runners.train_group(cfg, "resume") == "stopped"  # queued after the signal: not started
+    assert len(calls) == 1
+    monkeypatch.setattr(runners, "_pool_worker", False)  # in-process: the next run of the grid trains
+    assert runners.train_group(cfg, "resume") == "done" and len(calls) == 2

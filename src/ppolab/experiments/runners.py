@@ -15,11 +15,20 @@ if TYPE_CHECKING:
     from ppolab.cli import CompareArgs
 
 
+# A pool worker that saw a stop signal starts no further group: the pool hands its workers calls ahead of time, which
+# Ctrl-C in the parent can no longer cancel, and a group started after the signal would train on to its end.
+_pool_worker = False
+_stop_seen = False
+
+
 def train_group(cfg: Config, status: str, console=None) -> str:
     """Train (or resume) one group; returns 'done', 'stopped' or 'failed: REASON' (a TrainingError, e.g. non-finite
     values: the other groups go on). Module level, so a process pool can run it."""
+    global _stop_seen
     from ppolab.training import TrainingError, train
 
+    if _pool_worker and _stop_seen:
+        return "stopped"
     try:
         if status == "resume":
             result = train(cfg, explicit={"progress": cfg.progress}, resume=cfg.run_dir, console=console)
@@ -29,6 +38,7 @@ def train_group(cfg: Config, status: str, console=None) -> str:
             result = train(cfg, explicit=every, console=console)
     except TrainingError as e:
         return f"failed: {e}"
+    _stop_seen = _stop_seen or "stopped" in result.summary
     return "stopped" if "stopped" in result.summary else "done"
 
 
@@ -39,6 +49,8 @@ def _status(result: str, before: str) -> str:
 
 
 def _ignore_sigint():  # pool workers: only train()'s own handler (final checkpoint, clean exit) reacts to Ctrl-C
+    global _pool_worker
+    _pool_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
