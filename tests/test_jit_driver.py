@@ -149,12 +149,13 @@ def test_gymnax_cartpole_learns(tmp_path):
     assert result.summary["episodes"] > 100
 
 
-def _brax_two_iterations(name: str):
+def _brax_two_iterations(name: str, **options):
     pytest.importorskip("brax")
     cfg = Config(env=f"brax:{name}", brax_backend="positional", total_timesteps=64, num_envs=4, num_steps=8,
                  num_epochs=1, num_minibatches=2, hidden_sizes=(8,), iterations_per_call=2, eval_episodes=0,
-                 progress=False, compile_cache="")
+                 progress=False, compile_cache="", **options)
     driver, net, spec, state, _ = _setup(cfg)
+    assert net.recurrent == ("policy" in options)
     assert driver.action_spec.kind == "box"
     state, metrics, _ = driver.run(state, 2)
     assert int(state.iteration[0]) == 2 and int(state.env_steps[0]) == 64
@@ -165,6 +166,11 @@ def _brax_two_iterations(name: str):
 
 def test_brax_two_iterations():
     _brax_two_iterations("fast")  # Brax's trivial test env: the plumbing without a physics compile
+
+
+@pytest.mark.slow
+def test_brax_with_a_recurrent_policy_two_iterations():
+    _brax_two_iterations("fast", policy="lstm", rnn_size=8)  # the carry through Brax's jitted rollout and update
 
 
 @pytest.mark.slow
