@@ -82,9 +82,8 @@ def alpha(spec: LearnerSpec, iteration: jax.Array, num_iterations: jax.Array | N
     """The paper's alpha: linearly annealed from 1 (first update) towards 0 (after the last). The run's length is
     ``spec.num_iterations``, or ``num_iterations`` as a traced value (then runs that differ only in their length
     share one compiled program)."""
-    if num_iterations is None:
-        return 1.0 - iteration.astype(jnp.float32) / spec.num_iterations
-    return 1.0 - iteration.astype(jnp.float32) / jnp.asarray(num_iterations).astype(jnp.float32)
+    total = spec.num_iterations if num_iterations is None else jnp.asarray(num_iterations).astype(jnp.float32)
+    return 1.0 - iteration.astype(jnp.float32) / total
 
 
 def _all_finite(tree) -> jax.Array:

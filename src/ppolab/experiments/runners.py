@@ -38,8 +38,9 @@ def train_group(cfg: Config, status: str, console=None) -> str:
             result = train(cfg, explicit=every, console=console)
     except TrainingError as e:
         return f"failed: {e}"
-    _stop_seen = _stop_seen or "stopped" in result.summary
-    return "stopped" if "stopped" in result.summary else "done"
+    stopped = "stopped" in result.summary
+    _stop_seen = _stop_seen or stopped
+    return "stopped" if stopped else "done"
 
 
 def _status(result: str, before: str) -> str:
