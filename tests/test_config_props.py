@@ -317,3 +317,10 @@ def test_bad_resumes(capsys, tmp_path):
     code, err = run_cli(capsys, "train", "--resume", str(empty), "--learning-rate", "0.5")
     assert_one_line_error(code, err, "--learning-rate cannot change when resuming (the run has 0.001)")
     assert sorted(p.name for p in empty.iterdir()) == ["config.json"]  # nothing written
+
+
+@pytest.mark.parametrize("change", [dict(norm_adv=False), dict(num_minibatches=1)])
+def test_norm_adv_batch_is_refused_where_it_would_do_nothing(change):
+    with pytest.raises(ConfigError, match="^--norm-adv-batch .*drop"):
+        validate(Config(norm_adv_batch=True, **change))
+    validate(Config(norm_adv_batch=True))

@@ -84,9 +84,9 @@ def _flat(tree):
 
 OPTION_CHANGES = [
     dict(objective="pg"), dict(objective="cpi"), dict(objective="kl-fixed"), dict(objective="kl-fixed", kl_beta=0.0),
-    dict(clip_eps=0.05), dict(vf_clip=0.01), dict(norm_adv=False), dict(max_grad_norm=0.01), dict(max_grad_norm=None),
-    dict(ent_coef=0.5), dict(vf_coef=2.0), dict(learning_rate=1e-2), dict(gamma=0.5), dict(gae_lambda=0.1),
-    dict(num_epochs=3), dict(num_minibatches=2), dict(adam_eps=1e-1), dict(normalize_obs=True),
+    dict(clip_eps=0.05), dict(vf_clip=0.01), dict(norm_adv=False), dict(norm_adv_batch=True), dict(max_grad_norm=0.01),
+    dict(max_grad_norm=None), dict(ent_coef=0.5), dict(vf_coef=2.0), dict(learning_rate=1e-2), dict(gamma=0.5),
+    dict(gae_lambda=0.1), dict(num_epochs=3), dict(num_minibatches=2), dict(adam_eps=1e-1), dict(normalize_obs=True),
     dict(normalize_reward=True), dict(target_kl=1e-6), dict(activation="relu"), dict(ortho_init=False), dict(seed=1),
     dict(log_std_init=-1.0, _action=BOX),  # anneal_lr / anneal_clip: test_anneal_options_change_later_updates
 ]
@@ -102,6 +102,22 @@ def test_each_option_changes_the_update(change):
     # the whole new train state: parameters, optimizer state, normalization statistics, beta
     a, b = _flat(p0.replace(hparams=None, key=None)), _flat(p1.replace(hparams=None, key=None))
     assert not np.array_equal(a, b), f"option {change} did not change the update"
+
+
+def test_norm_adv_batch_standardizes_once_over_the_batch():
+    # baselines ppo1: (A - mean) / std over the whole batch, then each minibatch takes its share unchanged
+    cfg = BASE.replace(norm_adv_batch=True)
+    net, spec, state = _setup(cfg)
+    plain = dataclasses.replace(spec, norm_adv=False, norm_adv_batch=False)
+    perm0 = jax.random.permutation(jax.random.PRNGKey(3), T * B)
+    batch, _ = make_batch(spec, net, state, _rollout(DISCRETE), perm0)
+    raw, _ = make_batch(plain, net, state, _rollout(DISCRETE), perm0)
+    a = np.asarray(raw.advantages, np.float64)
+    np.testing.assert_allclose(batch.advantages, (a - a.mean()) / a.std(), rtol=1e-5, atol=1e-6)
+    mb = jax.tree_util.tree_map(lambda x: x[perm0[: T * B // 4]], batch)
+    loss, _ = loss_fn(state.params, spec, net, mb, 0.2, 1.0, state.hparams)
+    loss_raw, _ = loss_fn(state.params, plain, net, mb, 0.2, 1.0, state.hparams)
+    assert float(loss) == float(loss_raw)  # not standardized a second time per minibatch
 
 
 def test_anneal_options_change_later_updates():

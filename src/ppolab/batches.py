@@ -76,9 +76,18 @@ def _old_policy(net, params, batch: Batch, perm0: jax.Array, num_minibatches: in
 
 def make_batch(spec, net, state: TrainState, rollout: Rollout, perm0: jax.Array) -> tuple[Batch, norm_lib.ReturnStats]:
     """(Batch, updated return statistics) of a rollout [T, B]; ``perm0``: int32 [``num_units``], the first epoch's
-    order of samples (or sequences)."""
-    if net.recurrent:
-        return make_sequence_batch(spec, net, state, rollout, perm0)
+    order of samples (or sequences). With ``spec.norm_adv_batch`` the advantages are standardized here, once over
+    the batch (baselines ppo1), and the loss takes them as they are."""
+    make = make_sequence_batch if net.recurrent else _sample_batch
+    batch, ret_stats = make(spec, net, state, rollout, perm0)
+    if spec.norm_adv and spec.norm_adv_batch:
+        batch = batch.replace(advantages=adv_lib.normalize(batch.advantages))
+    return batch, ret_stats
+
+
+def _sample_batch(spec, net, state: TrainState, rollout: Rollout,
+                  perm0: jax.Array) -> tuple[Batch, norm_lib.ReturnStats]:
+    """``make_batch`` for a feed-forward policy: N = T * B samples."""
     T, B = rollout.rewards.shape
     N = T * B
     flat = lambda x: None if x is None else x.reshape((N,) + x.shape[2:])

@@ -49,8 +49,8 @@ class Config:
     """Environment: a Gymnasium id (e.g. Hopper-v5, or my_module:MyEnv-v0 to import your own module first), or
     gymnax:NAME, brax:NAME, envpool:NAME."""
     preset: str | None = None
-    """Named hyperparameter set applied first (cartpole, gymnax-cartpole, paper-mujoco, ppo2-mujoco, paper-atari,
-    ppo2-atari, brax); flags given on the command line override it."""
+    """Named hyperparameter set applied first (cartpole, cartpole-lstm, gymnax-cartpole, paper-mujoco, ppo1-mujoco,
+    ppo2-mujoco, paper-atari, ppo2-atari, cleanrl-atari-lstm, brax); flags given on the command line override it."""
     objective: Objective = "clip"
     """Surrogate objective: pg (L^PG, eq. 2), cpi (L^CPI, eq. 6), clip (L^CLIP, eq. 7), kl-fixed / kl-adaptive
     (L^KLPEN, eq. 8)."""
@@ -86,6 +86,8 @@ class Config:
     """GAE lambda, in [0, 1]."""
     norm_adv: bool = True
     """Normalize advantages per minibatch."""
+    norm_adv_batch: bool = False
+    """With --norm-adv: normalize once over the whole batch instead (baselines ppo1, the paper's released code)."""
     vf_clip: float | None = None
     """Clip the value update to +-vf_clip around the old value (ppo2); None for the plain squared error."""
     max_grad_norm: float | None = 0.5
@@ -269,6 +271,17 @@ def _check_coefficients(cfg: Config) -> None:
             _check(math.isfinite(v) and ok(v), f"--{name.replace('_', '-')} {v!r} is not allowed: must be {allowed}")
 
 
+def _check_update(cfg: Config) -> None:
+    for name in ("vf_clip", "max_grad_norm", "target_kl"):
+        v = getattr(cfg, name)
+        _check(v is None or (math.isfinite(v) and v > 0), f"--{name.replace('_', '-')} must be > 0 or None (got {v!r})")
+    _check(math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0, f"--adam-eps must be > 0 (got {cfg.adam_eps!r})")
+    _check(not cfg.norm_adv_batch or cfg.norm_adv,
+           "--norm-adv-batch normalizes the advantages, which --no-norm-adv turns off: drop one of them")
+    _check(not cfg.norm_adv_batch or cfg.num_minibatches > 1,
+           "--norm-adv-batch with --num-minibatches 1 is --norm-adv (the one minibatch is the batch): drop it")
+
+
 def validate(cfg: Config) -> Config:
     """Raise ``ConfigError`` naming the first bad value and what is allowed. Returns ``cfg`` unchanged."""
     for f in dataclasses.fields(Config):  # types first (the Python API takes anything), then ranges
@@ -287,10 +300,7 @@ def validate(cfg: Config) -> Config:
            f"--total-timesteps {cfg.total_timesteps} is smaller than one batch (num_envs * num_steps = "
            f"{cfg.batch_size}); raise it or shrink the batch")
     _check_coefficients(cfg)
-    for name in ("vf_clip", "max_grad_norm", "target_kl"):
-        v = getattr(cfg, name)
-        _check(v is None or (math.isfinite(v) and v > 0), f"--{name.replace('_', '-')} must be > 0 or None (got {v!r})")
-    _check(math.isfinite(cfg.adam_eps) and cfg.adam_eps > 0, f"--adam-eps must be > 0 (got {cfg.adam_eps!r})")
+    _check_update(cfg)
     _check((len(cfg.hidden_sizes) > 0 or cfg.policy != "feedforward") and all(h > 0 for h in cfg.hidden_sizes),
            f"--hidden-sizes must be positive widths (got {cfg.hidden_sizes!r}; none: only before a recurrent cell)")
     _check(all(h > 0 for h in cfg.rnn_head_sizes), f"--rnn-head-sizes must be positive widths "

@@ -60,6 +60,16 @@ PRESETS: dict[str, dict] = {
         vf_coef=1.0, ent_coef=0.0, norm_adv=False, vf_clip=None, max_grad_norm=None, adam_eps=1e-8,
         shared_torso=False, normalize_obs=False, normalize_reward=False, kl_beta=1.0,
     ),
+    # The paper's released code (openai/baselines ppo1, run_mujoco.py + pposgd_simple.py as released in 2017): Table
+    # 3 plus what the table does not list: lr and eps x alpha (schedule='linear'; later ppo1 versions dropped the eps
+    # annealing), advantages standardized once per batch, observations normalized by a running mean/std, Adam eps
+    # 1e-5. ppo1 clips normalized observations to +-5 (ppolab +-10) and updates their statistics before the epochs.
+    "ppo1-mujoco": dict(
+        env="Hopper-v5", total_timesteps=1_000_000, num_envs=1, num_steps=2048, num_epochs=10, num_minibatches=32,
+        learning_rate=3e-4, anneal_lr=True, clip_eps=0.2, anneal_clip=True, gamma=0.99, gae_lambda=0.95,
+        vf_coef=1.0, ent_coef=0.0, norm_adv=True, norm_adv_batch=True, vf_clip=None, max_grad_norm=None,
+        adam_eps=1e-5, shared_torso=False, normalize_obs=True, normalize_reward=False, kl_beta=1.0,
+    ),
     # openai/baselines ppo2 MuJoCo defaults: adds observation/reward normalization, value clipping, gradient
     # clipping 0.5, Adam eps 1e-5, linear lr decay, per-minibatch advantage normalization.
     # ppo2's loss is 0.5 * vf_coef * (V - R)^2 with vf_coef 0.5, i.e. c1 = 0.25 in eq. 9's form.

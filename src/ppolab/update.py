@@ -51,13 +51,15 @@ class LearnerSpec:
     normalize_reward: bool
     target_kl: float | None
     seq_len: int = 0  # recurrent policies: L, the length of the update's sequences (0: a feed-forward policy)
+    norm_adv_batch: bool = False  # with norm_adv: once over the whole batch (baselines ppo1), not per minibatch
 
     @classmethod
     def from_config(cls, cfg: Config) -> LearnerSpec:
         return cls(cfg.objective, cfg.num_epochs, cfg.num_minibatches, cfg.num_iterations, cfg.norm_adv,
                    cfg.vf_clip, cfg.max_grad_norm, cfg.adam_eps, cfg.anneal_lr, cfg.anneal_clip,
                    cfg.normalize_obs, cfg.normalize_reward, cfg.target_kl,
-                   0 if cfg.policy == "feedforward" else cfg.seq_len or cfg.num_steps)
+                   0 if cfg.policy == "feedforward" else cfg.seq_len or cfg.num_steps,
+                   norm_adv_batch=cfg.norm_adv_batch)
 
 
 def make_optimizer(spec: LearnerSpec) -> optax.GradientTransformation:
@@ -141,7 +143,7 @@ def loss_fn(params: Params, spec: LearnerSpec, net: ActorCritic, mb: Batch, clip
     objective = objectives.get(spec.objective)
     dist, values = apply_batch(net, params, mb)  # [M] samples, or [M, L] sequences of a recurrent policy
     log_prob = dist.log_prob(mb.actions)
-    advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv else mb.advantages
+    advantages = adv_lib.normalize(mb.advantages) if spec.norm_adv and not spec.norm_adv_batch else mb.advantages
     terms = PolicyTerms(log_prob=log_prob, old_log_prob=mb.old_log_prob, advantages=advantages,
                         kl=mb.old_dist.kl(dist) if objective.needs_kl else None)
     ratio = jax.lax.stop_gradient(terms.ratio)

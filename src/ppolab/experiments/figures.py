@@ -138,8 +138,8 @@ def _surrogates(old: Batch, new: Batch, advantages: jax.Array, clip_eps: jax.Arr
 
 def learner_advantages(spec: LearnerSpec, advantages: jax.Array, perm0: jax.Array) -> jax.Array:
     """A_t [N] as ``update.loss_fn`` uses them in the first epoch: normalized per minibatch of ``perm0`` where
-    ``spec.norm_adv``, raw otherwise."""
-    if not spec.norm_adv:
+    ``spec.norm_adv``, raw otherwise (or as ``make_batch`` standardized them over the batch: ``norm_adv_batch``)."""
+    if not spec.norm_adv or spec.norm_adv_batch:
         return advantages
     normed = jax.vmap(adv_lib.normalize)(advantages[perm0].reshape(spec.num_minibatches, -1)).reshape(-1)
     return jnp.zeros_like(advantages).at[perm0].set(normed)
@@ -234,7 +234,8 @@ def figure2_numbers(run_dir: str | Path, agent: int = 0, ts: np.ndarray | None =
     return {"run_dir": str(run_dir), "env": cfg.env, "preset": cfg.preset, "objective": cfg.objective,
             "seed": int(rows[agent]["seed"]), "agent": agent, "batch_size": cfg.batch_size,
             "num_epochs": cfg.num_epochs, "num_minibatches": cfg.num_minibatches, "norm_adv": cfg.norm_adv,
-            "learning_rate": float(rows[agent]["learning_rate"]), "updates": updates}
+            "norm_adv_batch": cfg.norm_adv_batch, "learning_rate": float(rows[agent]["learning_rate"]),
+            "updates": updates}
 
 
 def plot_figure2(numbers: dict, path: Path) -> Path:
@@ -265,7 +266,8 @@ def plot_figure2(numbers: dict, path: Path) -> Path:
         ax.tick_params(labelsize=7)
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(handles, [h.get_label() for h in handles], fontsize=6.5, loc="upper left")
-    adv = "normalized per minibatch" if numbers["norm_adv"] else "raw (not normalized, as the learner uses them)"
+    adv = ("raw (not normalized, as the learner uses them)" if not numbers["norm_adv"] else
+           "normalized over the batch" if numbers.get("norm_adv_batch") else "normalized per minibatch")
     fig.suptitle(f"Figure 2: {numbers['env']}, preset {numbers['preset']}, objective {numbers['objective']}, "
                  f"seed {numbers['seed']}; one batch of {numbers['batch_size']} samples; advantages {adv}",
                  fontsize=8)
