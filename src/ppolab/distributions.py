@@ -288,8 +288,9 @@ def check_masks(mask: np.ndarray, nvec: tuple[int, ...] | None = None) -> tuple[
     """Host side: the index (of the leading dims, e.g. (t, b)) of the first row with a sub-action that has no
     legal value, or None if every row is usable. mask: [..., head] bool."""
     mask = np.asarray(mask, bool)
-    b = _segments(mask, nvec)
-    ok = np.all(np.stack([mask[..., lo:hi].any(-1) for lo, hi in b], -1), -1)
+    starts = [lo for lo, _ in _segments(mask, nvec)]
+    # one reduction per call (this runs at every host step): any() over each sub-action's slice, then all()
+    ok = mask.any(-1) if len(starts) == 1 else np.logical_or.reduceat(mask, starts, axis=-1).all(-1)
     if ok.all():
         return None
     return tuple(int(i) for i in np.unravel_index(int(np.argmin(ok.ravel())), ok.shape))

@@ -19,6 +19,8 @@ sub-action), True or 1 = legal.
 
 from __future__ import annotations
 
+import functools
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -77,15 +79,21 @@ class MaskInObservation(gym.ObservationWrapper):
         self._rest = space
         flat = spaces.flatten_space(space)
         self.observation_space = MaskedObservationSpace(flat.low, flat.high, self.mask_size)
+        # resolved once: the lookup through the wrapper chain and Gymnasium's generic flatten cost ~8 us per step
+        self._action_masks = None if source == "obs" else env.get_wrapper_attr("action_masks")
+        self._rest_size = int(flat.shape[0])
+        self._flatten = (lambda x: x) if isinstance(space, spaces.Box) else functools.partial(spaces.flatten, space)
 
     def observation(self, observation):
-        mask = observation["action_mask"] if self.source == "obs" else self.env.get_wrapper_attr("action_masks")()
+        mask = observation["action_mask"] if self._action_masks is None else self._action_masks()
         mask = np.asarray(mask).reshape(-1)
         if mask.size != self.mask_size:
             raise ValueError(f"action mask of {mask.size} entries; the action space needs {self.mask_size} (one per "
                              "action value, sub-action after sub-action)")
-        rest = spaces.flatten(self._rest, observation)
-        return np.concatenate([np.asarray(rest, np.float32).reshape(-1), mask.astype(np.float32)])
+        out = np.empty(self._rest_size + self.mask_size, np.float32)
+        out[: self._rest_size] = np.reshape(self._flatten(observation), -1)
+        out[self._rest_size:] = mask
+        return out
 
 
 def wrap(env, mode: str = "auto"):
