@@ -8,6 +8,7 @@ Each class holds the parameters of a batch of distributions (leading dims ``[...
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -248,14 +249,18 @@ def with_mask(dist, mask: jax.Array | None):
     raise TypeError(f"action masks need a Discrete or MultiDiscrete action space, not {type(dist).__name__}")
 
 
-def _segments(mask, nvec: tuple[int, ...] | None) -> list[tuple[int, int]]:
+def _segments(mask, nvec: tuple[int, ...] | None) -> tuple[tuple[int, int], ...]:
     """The (lo, hi) slices of the sub-actions in a mask's last axis (one slice for Discrete)."""
-    n = mask.shape[-1]
-    nvec = tuple(nvec) if nvec else (n,)
+    return _segments_of(mask.shape[-1], tuple(nvec) if nvec else None)
+
+
+@functools.lru_cache(maxsize=64)  # the host driver asks at every step
+def _segments_of(n: int, nvec: tuple[int, ...] | None) -> tuple[tuple[int, int], ...]:
+    nvec = nvec or (n,)
     if sum(nvec) != n:
         raise ValueError(f"mask of last dimension {n} does not match nvec {nvec} (sum {sum(nvec)})")
     ends = np.cumsum((0,) + nvec).tolist()
-    return list(zip(ends[:-1], ends[1:], strict=True))
+    return tuple(zip(ends[:-1], ends[1:], strict=True))
 
 
 def has_legal(mask: jax.Array, nvec: tuple[int, ...] | None = None) -> jax.Array:

@@ -91,7 +91,7 @@ class MaskInObservation(gym.ObservationWrapper):
             raise ValueError(f"action mask of {mask.size} entries; the action space needs {self.mask_size} (one per "
                              "action value, sub-action after sub-action)")
         out = np.empty(self._rest_size + self.mask_size, np.float32)
-        out[: self._rest_size] = np.reshape(self._flatten(observation), -1)
+        out[: self._rest_size] = np.asarray(self._flatten(observation)).reshape(-1)
         out[self._rest_size:] = mask
         return out
 
