@@ -183,3 +183,28 @@ def test_numpy_policy_matches_jax_network(action, shared):
     noise = pol.draw_noise(np.random.default_rng(0), (1, 7))
     a = pol.sample_with_noise(obs, noise)
     assert a.shape == (1, 7) + action.shape
+
+
+def test_unrolled_image_epochs_equal_the_loop(monkeypatch):
+    # on the CPU an image policy's epochs are unrolled (XLA:CPU's convolution gradients are slow inside loops); the
+    # update must be the loop's: same minibatch order, same Adam steps
+    import ppolab.update as update_mod
+
+    cfg = BASE.replace(num_envs=2, num_steps=8, num_minibatches=2, num_epochs=2, total_timesteps=160)
+    net = make_network(cfg, ObsSpec((44, 44, 1), "uint8"), DISCRETE)
+    spec = LearnerSpec.from_config(cfg)
+    rows = [{"seed": 0, **{k: float(getattr(cfg, k)) for k in ("learning_rate", "clip_eps", "kl_beta", "kl_target",
+                                                                   "ent_coef", "vf_coef", "gamma", "gae_lambda")}}]
+    state = jax.tree_util.tree_map(lambda x: x[0], init_population(cfg, net, spec, rows))
+    rng = np.random.default_rng(0)
+    base = _rollout(DISCRETE)
+    frames = lambda *s: jnp.asarray(rng.integers(0, 256, size=s + (44, 44, 1)).astype(np.uint8))
+    rollout = base.replace(obs=frames(8, 2), final_obs=frames(8, 2), last_obs=frames(2), actions=base.actions[:8, :2],
+                           rewards=base.rewards[:8, :2], terminated=base.terminated[:8, :2],
+                           truncated=base.truncated[:8, :2])
+    assert update_mod._unroll_epochs(spec, net) == (jax.default_backend() == "cpu")
+    unrolled, _ = jax.jit(learn, static_argnums=(0, 1))(spec, net, state, rollout)
+    monkeypatch.setattr(update_mod, "_unroll_epochs", lambda spec, net: False)
+    looped, _ = jax.jit(learn, static_argnums=(0, 1))(spec, net, state, rollout)
+    np.testing.assert_allclose(_flat(unrolled.params), _flat(looped.params), rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(_flat(unrolled.params), _flat(state.params))

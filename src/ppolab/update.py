@@ -226,16 +226,24 @@ def run_epochs(spec: LearnerSpec, net: ActorCritic, state: TrainState, inputs: S
     flat_params, unravel = ravel_pytree(state.params)
     to_flat_opt, to_tree_opt = _flat_opt_state(state.opt_state, state.params)
     step = functools.partial(sgd_step, spec, net, tx, unravel, inputs)
+    unroll = _unroll_epochs(spec, net)
 
     def epoch(carry, perm):
-        carry, _ = jax.lax.scan(step, carry, perm.reshape(spec.num_minibatches, -1))
+        carry, _ = jax.lax.scan(step, carry, perm.reshape(spec.num_minibatches, -1), unroll=unroll)
         return carry, None
 
     zero = jnp.asarray(0, jnp.int32)
     init = SGDCarry(params=flat_params, opt_state=to_flat_opt(state.opt_state), stopped=jnp.asarray(False),
                     sums=Diagnostics.empty(), steps=zero, skipped=zero, nonfinite_kind=zero)
-    carry, _ = jax.lax.scan(epoch, init, perms)
+    carry, _ = jax.lax.scan(epoch, init, perms, unroll=unroll)
     return unravel(carry.params), to_tree_opt(carry.opt_state), carry
+
+
+def _unroll_epochs(spec: LearnerSpec, net: ActorCritic) -> bool:
+    """Whether the epochs' loops are unrolled: XLA:CPU runs a convolution's gradient ~15x slower inside a loop body
+    than outside one (a Nature-CNN minibatch of 256: 9.7 s in a scan, 0.66 s unrolled; BENCHMARKS.md session 8), so
+    image policies on the CPU unroll up to 64 minibatch steps (the results are those of the loop)."""
+    return bool(net.obs.image) and jax.default_backend() == "cpu" and spec.num_epochs * spec.num_minibatches <= 64
 
 
 def learn(spec: LearnerSpec, net: ActorCritic, state: TrainState, rollout: Rollout,
