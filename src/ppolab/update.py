@@ -240,9 +240,9 @@ def run_epochs(spec: LearnerSpec, net: ActorCritic, state: TrainState, inputs: S
 
 
 def _unroll_epochs(spec: LearnerSpec, net: ActorCritic) -> bool:
-    """Whether the epochs' loops are unrolled: XLA:CPU runs a convolution's gradient ~15x slower inside a loop body
-    than outside one (a Nature-CNN minibatch of 256: 9.7 s in a scan, 0.66 s unrolled; BENCHMARKS.md session 8), so
-    image policies on the CPU unroll up to 64 minibatch steps (the results are those of the loop)."""
+    """Whether the epochs' loops are unrolled: XLA:CPU runs a convolution's gradient ~9x slower inside a loop body
+    than outside one (a Nature-CNN minibatch of 256: 4.6 s in a scan, 0.50 s unrolled; benchmarks/bench_conv_loop.py),
+    so image policies on the CPU unroll up to 64 minibatch steps (the results are those of the loop)."""
     return bool(net.obs.image) and jax.default_backend() == "cpu" and spec.num_epochs * spec.num_minibatches <= 64
 
 
