@@ -191,14 +191,14 @@ def test_unrolled_image_epochs_equal_the_loop(monkeypatch):
     import ppolab.update as update_mod
 
     cfg = BASE.replace(num_envs=2, num_steps=8, num_minibatches=2, num_epochs=2, total_timesteps=160)
-    net = make_network(cfg, ObsSpec((44, 44, 1), "uint8"), DISCRETE)
+    net = make_network(cfg, ObsSpec((36, 36, 1), "uint8"), DISCRETE)
     spec = LearnerSpec.from_config(cfg)
     rows = [{"seed": 0, **{k: float(getattr(cfg, k)) for k in ("learning_rate", "clip_eps", "kl_beta", "kl_target",
                                                                    "ent_coef", "vf_coef", "gamma", "gae_lambda")}}]
     state = jax.tree_util.tree_map(lambda x: x[0], init_population(cfg, net, spec, rows))
     rng = np.random.default_rng(0)
     base = _rollout(DISCRETE)
-    frames = lambda *s: jnp.asarray(rng.integers(0, 256, size=s + (44, 44, 1)).astype(np.uint8))
+    frames = lambda *s: jnp.asarray(rng.integers(0, 256, size=s + (36, 36, 1)).astype(np.uint8))
     rollout = base.replace(obs=frames(8, 2), final_obs=frames(8, 2), last_obs=frames(2), actions=base.actions[:8, :2],
                            rewards=base.rewards[:8, :2], terminated=base.terminated[:8, :2],
                            truncated=base.truncated[:8, :2])
