@@ -82,7 +82,7 @@ class MaskInObservation(gym.ObservationWrapper):
         # resolved once: the lookup through the wrapper chain and Gymnasium's generic flatten cost ~8 us per step
         self._action_masks = None if source == "obs" else env.get_wrapper_attr("action_masks")
         self._rest_size = int(flat.shape[0])
-        self._flatten = (lambda x: x) if isinstance(space, spaces.Box) else functools.partial(spaces.flatten, space)
+        self._flatten = _as_is if isinstance(space, spaces.Box) else functools.partial(spaces.flatten, space)
 
     def observation(self, observation):
         mask = observation["action_mask"] if self._action_masks is None else self._action_masks()
@@ -94,6 +94,10 @@ class MaskInObservation(gym.ObservationWrapper):
         out[: self._rest_size] = np.asarray(self._flatten(observation)).reshape(-1)
         out[self._rest_size:] = mask
         return out
+
+
+def _as_is(x):  # a module-level function, not a lambda: the wrapper stays picklable
+    return x
 
 
 def wrap(env, mode: str = "auto"):
