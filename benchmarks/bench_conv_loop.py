@@ -1,4 +1,5 @@
-"""XLA:CPU's Nature-CNN gradient inside a loop body against outside one (why ``update._unroll_epochs`` exists).
+"""XLA:CPU's Nature-CNN gradient inside a loop body against outside one (why ``update._unroll_epochs`` exists);
+the network is ppolab's own paper-atari one.
 
     python benchmarks/bench_conv_loop.py [--batch 256] [--steps 4]
 
@@ -13,21 +14,12 @@ import argparse
 import json
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-class NatureCNN(nn.Module):
-    actions: int = 4
-
-    @nn.compact
-    def __call__(self, x):
-        x = x.astype(jnp.float32) / 255.0
-        for f, k, s in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
-            x = nn.relu(nn.Conv(f, (k, k), (s, s), padding="VALID")(x))
-        x = nn.relu(nn.Dense(512)(x.reshape(x.shape[0], -1)))
-        return nn.Dense(self.actions)(x)
+from ppolab.config import Config, apply_preset
+from ppolab.networks import make_network
+from ppolab.spaces import ActionSpec, ObsSpec
 
 
 def _ms(f, *args, repeats: int = 2) -> float:
@@ -43,11 +35,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     a = ap.parse_args()
-    m = NatureCNN()
+    # ppolab's own paper-atari network (shared Nature CNN, policy and value heads)
+    net = make_network(apply_preset(Config(preset="paper-atari")), ObsSpec((84, 84, 4), "uint8"),
+                       ActionSpec("discrete", 4))
     x = jnp.zeros((a.batch, 84, 84, 4), jnp.uint8)
     xs = jnp.zeros((a.steps,) + x.shape, jnp.uint8)
-    params = m.init(jax.random.PRNGKey(0), x)
-    loss = lambda p, x: jnp.sum(m.apply(p, x) ** 2)
+    params = net.init_params(jax.random.PRNGKey(0))
+
+    def forward_one(p, x):
+        dist, value = net.apply(p, x)
+        return dist.logits, value
+
+    def loss(p, x):
+        logits, value = forward_one(p, x)
+        return jnp.sum(logits ** 2) + jnp.sum(value ** 2)
 
     def sgd(p, xs, unroll):
         def body(p, x):
@@ -56,11 +57,11 @@ def main() -> None:
         return jax.lax.scan(body, p, xs, unroll=unroll)[0]
 
     def forward(p, xs, unroll):
-        return jax.lax.scan(lambda c, x: (c, m.apply(p, x)), None, xs, unroll=unroll)[1]
+        return jax.lax.scan(lambda c, x: (c, forward_one(p, x)), None, xs, unroll=unroll)[1]
 
     n = a.steps
     out = {"backend": jax.default_backend(), "batch": a.batch, "steps": n,
-           "forward_ms": _ms(jax.jit(m.apply), params, x),
+           "forward_ms": _ms(jax.jit(forward_one), params, x),
            "grad_ms": _ms(jax.jit(jax.grad(loss)), params, x),
            "grad_in_scan_ms": _ms(jax.jit(lambda p, xs: sgd(p, xs, 1)), params, xs) / n,
            "grad_unrolled_ms": _ms(jax.jit(lambda p, xs: sgd(p, xs, True)), params, xs) / n,

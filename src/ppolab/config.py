@@ -272,6 +272,7 @@ def _check_coefficients(cfg: Config) -> None:
 
 
 def _check_update(cfg: Config) -> None:
+    """The update's optional clips, Adam's eps and the advantage normalization's scope."""
     for name in ("vf_clip", "max_grad_norm", "target_kl"):
         v = getattr(cfg, name)
         _check(v is None or (math.isfinite(v) and v > 0), f"--{name.replace('_', '-')} must be > 0 or None (got {v!r})")
