@@ -19,6 +19,12 @@ import pytest
 from regression_runs import RUNS
 
 DATA = Path(__file__).parent / "data" / "regression"
+#: Values are compared in the first iterations only (the run's structure in every row): training amplifies a
+#: last-digit difference of another CPU kind (gymnax_2seeds' kl, agent 1: 7e-5 relative at iteration 3, 1 % at
+#: iteration 5, an episode count at iteration 10, on a second AMD EPYC VM), while a change of the program moves the
+#: first update already.
+COMPARED_ITERATIONS = 3
+STRUCTURE = {"iteration", "agent", "env_steps", "minibatches_done", "num_agents"}
 INTEGER_COLUMNS = {"iteration", "agent", "env_steps", "episodes", "minibatches_done", "num_agents"}
 
 
@@ -62,10 +68,19 @@ def test_metrics_unchanged(regenerated, name):
     assert len(got) == len(want), f"{len(got) - 1} rows, expected {len(want) - 1}"
     if got == want:
         return
-    # the same program may round the 6th digit differently on another CPU kind: floats to 2e-5 relative
+    # the same program may round the last digits differently on another CPU kind: floats to 1e-4 of the column's
+    # scale (its largest magnitude; a relative tolerance alone fails on values that are differences near zero, such
+    # as an early explained variance of -8.7e-4 or a policy loss of -1.2e-3, seen on a second AMD EPYC VM)
+    scale = {c: max((abs(float(r[j])) for r in want[1:] if r[j] != ""), default=0.0)
+             for j, c in enumerate(want[0]) if c not in INTEGER_COLUMNS}
     for i, (g, w) in enumerate(zip(got[1:], want[1:], strict=True), start=1):
         for col, a, b in zip(want[0], g, w, strict=True):
-            if col in INTEGER_COLUMNS or a == "" or b == "":
+            if col in STRUCTURE:
+                assert a == b, f"{name} row {i} {col}: {a!r} != {b!r}"
+            elif int(w[0]) > COMPARED_ITERATIONS:
+                continue
+            elif col in INTEGER_COLUMNS or a == "" or b == "":
                 assert a == b, f"{name} row {i} {col}: {a!r} != {b!r}"
             else:
-                assert float(a) == pytest.approx(float(b), rel=2e-5, abs=1e-9), f"{name} row {i} {col}: {a} != {b}"
+                tol = 1e-4 * scale[col] + 1e-9
+                assert float(a) == pytest.approx(float(b), rel=2e-5, abs=tol), f"{name} row {i} {col}: {a} != {b}"
