@@ -63,6 +63,41 @@ def test_sequence_scan_step_by_step_and_numpy_agree(cell, separate, layout):
     assert float(jnp.max(jnp.abs(dist.logits[:, 1:] - dist.logits[:, :-1]))) > 1e-3  # the carry matters
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "scans"])
+def test_paired_actor_and_critic_cells_equal_each_cell_run_alone(cell, kernels, monkeypatch):
+    """--rnn-separate runs the actor's and the critic's cells as one vmapped (paired) sequence; outputs, carries
+    and gradients must equal those of the two cells run one after the other (fails if the pairing swaps or shares
+    a cell's weights or carry)."""
+    from ppolab import cell_kernels
+
+    if kernels and not cell_kernels.available():
+        pytest.skip("the C++ cell kernels could not be built here")
+    monkeypatch.setattr(cell_kernels, "available", lambda: kernels)
+    net = R.RecurrentActorCritic(obs=OBS, action=DISCRETE, cell=cell, rnn_size=16, separate=True,
+                                 hidden_sizes=(8,))
+    params = jax.tree_util.tree_map(lambda p: p * 2.0, net.init_params(jax.random.PRNGKey(0)))
+    S, L = 4, 9
+    obs = jax.random.normal(jax.random.PRNGKey(1), (S, L, 3))
+    starts = jax.random.bernoulli(jax.random.PRNGKey(2), 0.2, (S, L))
+    leaves, tree = jax.tree_util.tree_flatten(net.initial_carry((S,)))
+    carry0 = jax.tree_util.tree_unflatten(tree, [jax.random.normal(jax.random.PRNGKey(3 + i), x.shape)
+                                                 for i, x in enumerate(leaves)])  # actor's != critic's
+
+    def run(params):
+        dist, values, carries = net.apply(params, obs, starts, carry0)
+        loss = jnp.sum(dist.logits ** 2) + jnp.sum(jnp.sin(values)) + sum(
+            jnp.sum(jnp.cos(c)) for c in jax.tree_util.tree_leaves(carries))
+        return loss, (dist.logits, values, carries)
+
+    grad = jax.jit(jax.grad(run, has_aux=True))
+    paired = grad(params)
+    monkeypatch.setattr(R, "can_pair", lambda cells, xs: False)
+    alone = grad(params)
+    _close(paired[1], alone[1], rtol=1e-6, atol=1e-6)
+    _close(paired[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_the_cells_sequence_gradient_equals_autodiff_of_single_steps(kind):
     from ppolab import cells

@@ -2,7 +2,10 @@
 
 Why: on a CPU, a ``lax.scan`` over a small cell is bound by XLA's dispatch, ~20 kernels a time step, not by the
 arithmetic (BENCHMARKS.md, session 7: 25 us forward and 50 us backward a step for sb3's CartPoleNoVel LSTMs, 8 x 64).
-One custom call runs the whole time loop in C++ instead. The kernels compute the same equations with the same
+One custom call runs the whole time loop in C++ instead, and the backward call also forms the recurrent weights'
+gradient (XLA's own product for it, [64, 256] over 256 rows, took ~0.3 ms: as long as the loop). Vmapped calls
+(leading dims: the actor's and critic's cells paired by ``cells.paired_sequences``, populations) run their members
+in parallel on XLA's CPU thread pool. The kernels compute the same equations with the same
 residuals as the scans they replace (``tests/test_cell_kernels.py`` checks values and gradients against them and
 against autodiff), so ``cells.py`` picks one or the other per process and nothing else changes.
 
@@ -106,10 +109,11 @@ def lstm_forward(zx, wh, starts, c0, h0):
     return (hs, cs), (g, c_prev, h_prev, tc)
 
 
-def lstm_backward(g_hs, g_cs, gates, c_prev, tc, wh, starts):
-    """-> dz [L, B, 4H], dc0, dh0 [B, H]: cells._lstm_backward's loop."""
+def lstm_backward(g_hs, g_cs, gates, c_prev, h_prev, tc, wh, starts):
+    """-> dz [L, B, 4H], dwh [H, 4H] (sum_t h_prev^T dz), dc0, dh0 [B, H]: cells._lstm_backward's loop and product."""
     L, B, H = g_hs.shape
-    return _call("ppolab_lstm_bwd", [(L, B, 4 * H), (B, H), (B, H)], g_hs, g_cs, gates, c_prev, tc, wh, starts)
+    return _call("ppolab_lstm_bwd", [(L, B, 4 * H), (H, 4 * H), (B, H), (B, H)], g_hs, g_cs, gates, c_prev, h_prev,
+                 tc, wh, starts)
 
 
 def gru_forward(zx, wh, b_hn, starts, h0):
@@ -120,6 +124,8 @@ def gru_forward(zx, wh, b_hn, starts, h0):
 
 
 def gru_backward(g_hs, r, u, n, hn, h_prev, wh, starts):
-    """-> dzx, dzh [L, B, 3H], dh0 [B, H]: cells._gru_backward's loop."""
+    """-> dzx, dzh [L, B, 3H], dwh [H, 3H] (sum_t h_prev^T dzh), dh0 [B, H]: cells._gru_backward's loop and
+    product."""
     L, B, H = g_hs.shape
-    return _call("ppolab_gru_bwd", [(L, B, 3 * H), (L, B, 3 * H), (B, H)], g_hs, r, u, n, hn, h_prev, wh, starts)
+    return _call("ppolab_gru_bwd", [(L, B, 3 * H), (L, B, 3 * H), (H, 3 * H), (B, H)], g_hs, r, u, n, hn, h_prev, wh,
+                 starts)

@@ -69,8 +69,8 @@ def _lstm_backward(saved, grads):
     g_hs, g_cs = grads
     if cell_kernels.available():
         gates, c_prev, h_prev, tc = res
-        dz, dc0, dh0 = cell_kernels.lstm_backward(g_hs, g_cs, gates, c_prev, tc, wh, starts)
-        return dz, jnp.einsum("lbh,lbk->hk", h_prev, dz), None, dc0, dh0
+        dz, dwh, dc0, dh0 = cell_kernels.lstm_backward(g_hs, g_cs, gates, c_prev, h_prev, tc, wh, starts)
+        return dz, dwh, None, dc0, dh0
     i, f, g, o, c_prev, h_prev, tc = res
 
     def step(carry, inputs):
@@ -125,9 +125,8 @@ def _gru_forward(zx, wh, b_hn, starts, h0):
 def _gru_backward(saved, g_hs):
     (r, u, n, hn, h_prev), wh, starts = saved
     if cell_kernels.available():
-        dzx, dzh, dh0 = cell_kernels.gru_backward(g_hs, r, u, n, hn, h_prev, wh, starts)
-        H = h_prev.shape[-1]
-        return dzx, jnp.einsum("lbh,lbk->hk", h_prev, dzh), dzh[..., 2 * H:].sum((0, 1)), None, dh0
+        dzx, dzh, dwh, dh0 = cell_kernels.gru_backward(g_hs, r, u, n, hn, h_prev, wh, starts)
+        return dzx, dwh, dzh[..., 2 * h_prev.shape[-1]:].sum((0, 1)), None, dh0
 
     def step(dh_next, inputs):
         g_h, r, u, n, hn, h_prev, start = inputs
@@ -164,17 +163,22 @@ class LSTM(nn.Module):
         return zeros, zeros
 
     @nn.compact
-    def __call__(self, carry, x, starts, sequence: bool = False):
+    def weights(self, in_features: int) -> dict:
         H = self.features
-        wi = self.param("wi", _kernel, (x.shape[-1], 4 * H))
-        wh = self.param("wh", _recurrent, (H, 4 * H))
-        b = self.param("b", nn.initializers.zeros, (4 * H,))
-        zx = x @ wi + b
+        return {"wi": self.param("wi", _kernel, (in_features, 4 * H)), "wh": self.param("wh", _recurrent, (H, 4 * H)),
+                "b": self.param("b", nn.initializers.zeros, (4 * H,))}
+
+    def __call__(self, carry, x, starts, sequence: bool = False):
+        w = self.weights(x.shape[-1])
         if not sequence:
-            carry, _ = _lstm_step(wh, carry, zx, starts)
+            carry, _ = _lstm_step(w["wh"], carry, x @ w["wi"] + w["b"], starts)
             return carry, carry[1]
-        hs, cs = lstm_sequence(zx, wh, starts, *carry)
-        return hs, (cs, hs)
+        return _lstm_run(w, carry, x, starts)
+
+
+def _lstm_run(w, carry, x, starts):
+    hs, cs = lstm_sequence(x @ w["wi"] + w["b"], w["wh"], starts, *carry)
+    return hs, (cs, hs)
 
 
 class GRU(nn.Module):
@@ -186,18 +190,44 @@ class GRU(nn.Module):
         return jnp.zeros(tuple(batch_shape) + (self.features,), jnp.float32)
 
     @nn.compact
-    def __call__(self, carry, x, starts, sequence: bool = False):
+    def weights(self, in_features: int) -> dict:
         H = self.features
-        wi = self.param("wi", _kernel, (x.shape[-1], 3 * H))
-        bi = self.param("bi", nn.initializers.zeros, (3 * H,))
-        wh = self.param("wh", _recurrent, (H, 3 * H))
-        b_hn = self.param("b_hn", nn.initializers.zeros, (H,))
-        zx = x @ wi + bi
+        return {"wi": self.param("wi", _kernel, (in_features, 3 * H)), "bi": self.param("bi", nn.initializers.zeros,
+                                                                                         (3 * H,)),
+                "wh": self.param("wh", _recurrent, (H, 3 * H)), "b_hn": self.param("b_hn", nn.initializers.zeros, (H,))}
+
+    def __call__(self, carry, x, starts, sequence: bool = False):
+        w = self.weights(x.shape[-1])
         if not sequence:
-            h, _ = _gru_step(wh, b_hn, carry, zx, starts)
+            h, _ = _gru_step(w["wh"], w["b_hn"], carry, x @ w["wi"] + w["bi"], starts)
             return h, h
-        hs = gru_sequence(zx, wh, b_hn, starts, carry)
-        return hs, hs
+        return _gru_run(w, carry, x, starts)
+
+
+def _gru_run(w, carry, x, starts):
+    hs = gru_sequence(x @ w["wi"] + w["bi"], w["wh"], w["b_hn"], starts, carry)
+    return hs, hs
+
+
+_RUN = {LSTM: _lstm_run, GRU: _gru_run}
+
+
+def can_pair(cells, xs) -> bool:
+    """Whether ``paired_sequences`` can run these cells (ppolab's LSTM or GRU, one class and size, inputs alike)."""
+    kinds = {type(c) for c in cells}
+    return (len(kinds) == 1 and next(iter(kinds)) in _RUN and len({c.features for c in cells}) == 1
+            and len({(x.shape, x.dtype) for x in xs}) == 1)
+
+
+def paired_sequences(cells, carries, xs, starts):
+    """``[cell(carry, x, starts, sequence=True) for ...]`` as one vmapped sequence (the actor's and the critic's
+    cells): the kernels run the members in parallel (``cell_kernels``), and each member is computed exactly as it
+    is alone. Parameters stay each cell's own (the same names and values as unpaired)."""
+    stack = lambda *trees: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
+    weights = stack(*[c.weights(x.shape[-1]) for c, x in zip(cells, xs, strict=True)])
+    ys, new = jax.vmap(_RUN[type(cells[0])], in_axes=(0, 0, 0, None))(weights, stack(*carries), stack(*xs), starts)
+    unstack = lambda tree, i: jax.tree_util.tree_map(lambda a: a[i], tree)
+    return [(ys[i], unstack(new, i)) for i in range(len(cells))]
 
 
 @functools.cache

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppolab import distributions as D
-from ppolab.cells import GRU, LSTM
+from ppolab.cells import GRU, LSTM, can_pair, paired_sequences
 from ppolab.networks import ActorCritic, _dense, make_dist, sample_from_head
 
 #: Cell kinds: name -> a flax module class with ``features``, ``initialize_carry(batch_shape)`` and
@@ -54,8 +54,8 @@ class RecurrentActorCritic(ActorCritic):
             return x.reshape(batch_shape + x.shape[-1:])
         return self._mlp(obs.reshape(batch_shape + (-1,)).astype(jnp.float32), prefix)
 
-    def _run_cell(self, x, starts, carry, name, sequence):
-        cell = CELLS[self.cell](features=self.rnn_size, name=name)
+    def _run_cell(self, x, starts, carry, name, sequence, cell=None):
+        cell = cell if cell is not None else CELLS[self.cell](features=self.rnn_size, name=name)
         if not sequence:  # x [B, F], starts [B]
             carry, y = cell(carry, x, starts)
             return y, carry
@@ -64,6 +64,17 @@ class RecurrentActorCritic(ActorCritic):
         y, carries = cell(carry, time_major(x), time_major(starts), sequence=True)
         return time_major(y), jax.tree_util.tree_map(time_major, carries)
 
+    def _run_cells(self, obs, starts, carry):
+        """The actor's and the critic's cells over sequences (obs [S, L, ...]): as one paired call where
+        ``cells.can_pair`` (``cells.paired_sequences``: the two run in parallel), else one after the other."""
+        xs, names = [self._torso(obs, "pi"), self._torso(obs, "v")], ("pi_rnn", "v_rnn")
+        cells = [CELLS[self.cell](features=self.rnn_size, name=n) for n in names]
+        if not can_pair(cells, xs):
+            return [self._run_cell(x, starts, c, None, True, cell) for x, c, cell in zip(xs, carry, cells, strict=True)]
+        time_major = lambda a: jnp.swapaxes(a, 0, 1)
+        out = paired_sequences(cells, carry, [time_major(x) for x in xs], time_major(starts))
+        return [(time_major(y), jax.tree_util.tree_map(time_major, c)) for y, c in out]
+
     @nn.compact
     def __call__(self, obs, starts, carry, heads: str = "both", action_mask=None, sequence: bool = True):
         """Sequences (``sequence=True``): obs [S, L, *obs], starts [S, L] bool, carry leaves [S, H] (the carry before
@@ -71,7 +82,10 @@ class RecurrentActorCritic(ActorCritic):
         (``sequence=False``): obs [B, *obs], starts [B], carry [B, H] -> dist [B], value [B], carry [B, H].
         Every cell advances whatever ``heads`` asks for (the stored carries must stay right); ``heads`` only picks
         which heads are computed ("both", "policy": value None, "value": dist None)."""
-        if self.separate:
+        if self.separate and sequence:
+            (y_pi, c_pi), (y_v, c_v) = self._run_cells(obs, starts, carry)
+            new_carry = (c_pi, c_v)
+        elif self.separate:
             y_pi, c_pi = self._run_cell(self._torso(obs, "pi"), starts, carry[0], "pi_rnn", sequence)
             y_v, c_v = self._run_cell(self._torso(obs, "v"), starts, carry[1], "v_rnn", sequence)
             new_carry = (c_pi, c_v)

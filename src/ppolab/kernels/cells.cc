@@ -10,9 +10,13 @@
 // L, batch B, features; float32, IEEE arithmetic (no fast-math); the inner loops run over contiguous features so the
 // compiler vectorizes them, and tanh / sigmoid are written out (below) so that they vectorize too.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -135,10 +139,12 @@ inline v8 load8(const float* p) {
 }
 inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
 
-// out[r, :16] = add[r, :16] (or 0) + a[r, :] @ w[:, :16] for R rows: R x 16 accumulators held in registers across
-// the reduction, each row of w read once for all R rows.
+// out[r, :16] = add[r, :16] (or 0) + sum_k a(r, k) w[k, :16] for R rows, a(r, k) = a[r * sr + k * sk] (a row-major
+// [R, K] block: sr = K, sk = 1; the transpose of a [K, R] block: sr = 1, sk = lda): R x 16 accumulators held in
+// registers across the reduction, each row of w read once for all R rows.
 template <int R>
-inline void matmul_block16(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N) {
+inline void matmul_block16(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N,
+                           int64_t sr, int64_t sk) {
   v8 acc[R][2];
   for (int r = 0; r < R; ++r) {
     acc[r][0] = add ? load8(add + r * N) : v8{};
@@ -147,7 +153,7 @@ inline void matmul_block16(const float* a, const float* w, const float* add, flo
   for (int64_t k = 0; k < K; ++k) {
     const v8 w0 = load8(w + k * N), w1 = load8(w + k * N + 8);
     for (int r = 0; r < R; ++r) {
-      const v8 ar = v8{} + a[r * K + k];
+      const v8 ar = v8{} + a[r * sr + k * sk];
       acc[r][0] += ar * w0;
       acc[r][1] += ar * w1;
     }
@@ -157,26 +163,67 @@ inline void matmul_block16(const float* a, const float* w, const float* add, flo
 
 // the same for one column (the tail where N is not a multiple of 16)
 template <int R>
-inline void matmul_column(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N) {
+inline void matmul_column(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N,
+                          int64_t sr, int64_t sk) {
   for (int r = 0; r < R; ++r) {
     float acc = add ? add[r * N] : 0.0f;
-    for (int64_t k = 0; k < K; ++k) acc += a[r * K + k] * w[k * N];
+    for (int64_t k = 0; k < K; ++k) acc += a[r * sr + k * sk] * w[k * N];
     out[r * N] = acc;
   }
 }
 
 template <int R>
-inline void matmul_rows(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N) {
+inline void matmul_rows(const float* a, const float* w, const float* add, float* out, int64_t K, int64_t N,
+                        int64_t sr, int64_t sk) {
   int64_t n = 0;
-  for (; n + 16 <= N; n += 16) matmul_block16<R>(a, w + n, add ? add + n : nullptr, out + n, K, N);
-  for (; n < N; ++n) matmul_column<R>(a, w + n, add ? add + n : nullptr, out + n, K, N);
+  for (; n + 16 <= N; n += 16) matmul_block16<R>(a, w + n, add ? add + n : nullptr, out + n, K, N, sr, sk);
+  for (; n < N; ++n) matmul_column<R>(a, w + n, add ? add + n : nullptr, out + n, K, N, sr, sk);
 }
 
 // out[M, N] = add[M, N] (or 0 where add is null) + a[M, K] @ w[K, N]; every sum runs over k in order.
 void matmul(const float* a, const float* w, const float* add, float* out, int64_t M, int64_t K, int64_t N) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) matmul_rows<4>(a + m * K, w, add ? add + m * N : nullptr, out + m * N, K, N);
-  for (; m < M; ++m) matmul_rows<1>(a + m * K, w, add ? add + m * N : nullptr, out + m * N, K, N);
+  for (; m + 4 <= M; m += 4) matmul_rows<4>(a + m * K, w, add ? add + m * N : nullptr, out + m * N, K, N, K, 1);
+  for (; m < M; ++m) matmul_rows<1>(a + m * K, w, add ? add + m * N : nullptr, out + m * N, K, N, K, 1);
+}
+
+// out[M, N] = a[K, M]^T @ b[K, N] (a weight gradient: the sum over K rows of outer products, in order of k).
+void matmul_tn(const float* a, const float* b, float* out, int64_t K, int64_t M, int64_t N) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) matmul_rows<4>(a + m, b, nullptr, out + m * N, K, N, 1, M);
+  for (; m < M; ++m) matmul_rows<1>(a + m, b, nullptr, out + m * N, K, N, 1, M);
+}
+
+// fn(0), ..., fn(n - 1), spread over XLA's CPU thread pool: the calling thread and up to (threads - 1) pool tasks
+// take members from one counter, and the caller waits only for members already taken (a task that starts late
+// finds none left), so it never waits on a task that has not started. Members are independent; each is computed
+// exactly as alone.
+template <typename Fn>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
+  const int64_t threads = std::min<int64_t>(n, pool.num_threads());
+  if (threads <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  const Fn* body = &fn;
+  auto work = [state, body, n]() {
+    for (int64_t i; (i = state->next.fetch_add(1)) < n;) {
+      (*body)(i);
+      std::lock_guard<std::mutex> lock(state->mu);
+      if (++state->done == n) state->cv.notify_all();
+    }
+  };
+  for (int64_t t = 1; t < threads; ++t) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done == n; });
 }
 
 void transpose(const float* w, float* wt, int64_t H, int64_t G) {
@@ -194,13 +241,13 @@ int64_t leading(F32& x, int trailing) {
 // ---- LSTM ---------------------------------------------------------------------------------------------------------
 // zx [N, L, B, 4H], wh [N, H, 4H], starts [N, L, B], c0, h0 [N, B, H] ->
 // hs, cs [N, L, B, H]; gates (i, f, g, o after their nonlinearities) [N, L, B, 4H]; the carry each step read (after
-// its reset) c_prev, h_prev [N, L, B, H]; tanh(c') tc [N, L, B, H].
-ffi::Error LstmForwardImpl(F32 zx, F32 wh, Pred starts, F32 c0, F32 h0, Out hs, Out cs, Out gates, Out c_prev,
-                           Out h_prev, Out tc) {
+// its reset) c_prev, h_prev [N, L, B, H]; tanh(c') tc [N, L, B, H]. The N members run in parallel.
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, F32 zx, F32 wh, Pred starts, F32 c0, F32 h0, Out hs, Out cs,
+                           Out gates, Out c_prev, Out h_prev, Out tc) {
   auto d = zx.dimensions();
   const int64_t L = d[d.size() - 3], B = d[d.size() - 2], G = d[d.size() - 1], H = G / 4, N = leading(zx, 3);
-  std::vector<float> z(B * G);
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(pool, N, [&](int64_t n) {
+    std::vector<float> z(B * G);
     const float* w = wh.typed_data() + n * H * G;
     const float* c = c0.typed_data() + n * B * H;
     const float* h = h0.typed_data() + n * B * H;
@@ -224,18 +271,19 @@ ffi::Error LstmForwardImpl(F32 zx, F32 wh, Pred starts, F32 c0, F32 h0, Out hs, 
         lstm_pointwise(z.data() + b * G, cp + b * H, gt + b * G, cn + b * H, tn + b * H, hn + b * H, H);
       c = cn, h = hn;
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
-// g_hs, g_cs [N, L, B, H] (cotangents of hs, cs), the forward's gates, c_prev, tc, wh, starts ->
-// dz [N, L, B, 4H] (gradient of z = zx + h W_h of every step), dc0, dh0 [N, B, H].
-ffi::Error LstmBackwardImpl(F32 g_hs, F32 g_cs, F32 gates, F32 c_prev, F32 tc, F32 wh, Pred starts, Out dz, Out dc0,
-                            Out dh0) {
+// g_hs, g_cs [N, L, B, H] (cotangents of hs, cs), the forward's gates, c_prev, h_prev, tc, wh, starts ->
+// dz [N, L, B, 4H] (gradient of z = zx + h W_h of every step), dwh [N, H, 4H] (of W_h: sum_t h_prev^T dz),
+// dc0, dh0 [N, B, H]. The N members run in parallel.
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, F32 g_hs, F32 g_cs, F32 gates, F32 c_prev, F32 h_prev, F32 tc,
+                            F32 wh, Pred starts, Out dz, Out dwh, Out dc0, Out dh0) {
   auto d = g_hs.dimensions();
   const int64_t L = d[d.size() - 3], B = d[d.size() - 2], H = d[d.size() - 1], G = 4 * H, N = leading(g_hs, 3);
-  std::vector<float> wt(G * H), dc(B * H);
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(pool, N, [&](int64_t n) {
+    std::vector<float> wt(G * H), dc(B * H);
     transpose(wh.typed_data() + n * H * G, wt.data(), H, G);
     float* dh_next = dh0->typed_data() + n * B * H;  // carried backwards; holds dh0 / dc0 at the end
     float* dc_next = dc0->typed_data() + n * B * H;
@@ -259,19 +307,22 @@ ffi::Error LstmBackwardImpl(F32 g_hs, F32 g_cs, F32 gates, F32 c_prev, F32 tc, F
         std::fill(dc_next + b * H, dc_next + (b + 1) * H, 0.0f);
       }
     }
-  }
+    const int64_t rows = n * L * B;
+    matmul_tn(h_prev.typed_data() + rows * H, dz->typed_data() + rows * G, dwh->typed_data() + n * H * G, L * B, H, G);
+  });
   return ffi::Error::Success();
 }
 
 // ---- GRU ----------------------------------------------------------------------------------------------------------
 // zx [N, L, B, 3H], wh [N, H, 3H], b_hn [N, H], starts [N, L, B], h0 [N, B, H] ->
 // hs [N, L, B, H]; residuals r, u, n, hn and the carry each step read (after its reset) h_prev, each [N, L, B, H].
-ffi::Error GruForwardImpl(F32 zx, F32 wh, F32 b_hn, Pred starts, F32 h0, Out hs, Out r_out, Out u_out, Out n_out,
-                          Out hn_out, Out h_prev) {
+// The N members run in parallel.
+ffi::Error GruForwardImpl(ffi::ThreadPool pool, F32 zx, F32 wh, F32 b_hn, Pred starts, F32 h0, Out hs, Out r_out,
+                          Out u_out, Out n_out, Out hn_out, Out h_prev) {
   auto d = zx.dimensions();
   const int64_t L = d[d.size() - 3], B = d[d.size() - 2], G = d[d.size() - 1], H = G / 3, N = leading(zx, 3);
-  std::vector<float> zh(B * G);
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(pool, N, [&](int64_t n) {
+    std::vector<float> zh(B * G);
     const float* w = wh.typed_data() + n * H * G;
     const float* bias = b_hn.typed_data() + n * H;
     const float* h = h0.typed_data() + n * B * H;
@@ -290,18 +341,19 @@ ffi::Error GruForwardImpl(F32 zx, F32 wh, F32 b_hn, Pred starts, F32 h0, Out hs,
       }
       h = out;
     }
-  }
+  });
   return ffi::Error::Success();
 }
 
 // g_hs [N, L, B, H], the forward's r, u, n, hn, h_prev, wh, starts ->
-// dzx [N, L, B, 3H] (gradient of x W_i + b_i), dzh [N, L, B, 3H] (of h W_h + [0, 0, b_hn]), dh0 [N, B, H].
-ffi::Error GruBackwardImpl(F32 g_hs, F32 r_in, F32 u_in, F32 n_in, F32 hn_in, F32 h_prev, F32 wh, Pred starts,
-                           Out dzx, Out dzh, Out dh0) {
+// dzx [N, L, B, 3H] (gradient of x W_i + b_i), dzh [N, L, B, 3H] (of h W_h + [0, 0, b_hn]), dwh [N, H, 3H] (of W_h:
+// sum_t h_prev^T dzh), dh0 [N, B, H]. The N members run in parallel.
+ffi::Error GruBackwardImpl(ffi::ThreadPool pool, F32 g_hs, F32 r_in, F32 u_in, F32 n_in, F32 hn_in, F32 h_prev,
+                           F32 wh, Pred starts, Out dzx, Out dzh, Out dwh, Out dh0) {
   auto d = g_hs.dimensions();
   const int64_t L = d[d.size() - 3], B = d[d.size() - 2], H = d[d.size() - 1], G = 3 * H, N = leading(g_hs, 3);
-  std::vector<float> wt(G * H), direct(B * H);
-  for (int64_t n = 0; n < N; ++n) {
+  parallel_for(pool, N, [&](int64_t n) {
+    std::vector<float> wt(G * H), direct(B * H);
     transpose(wh.typed_data() + n * H * G, wt.data(), H, G);
     float* dh_next = dh0->typed_data() + n * B * H;
     std::fill(dh_next, dh_next + B * H, 0.0f);
@@ -319,21 +371,26 @@ ffi::Error GruBackwardImpl(F32 g_hs, F32 r_in, F32 u_in, F32 n_in, F32 hn_in, F3
       for (int64_t b = 0; b < B; ++b)  // a reset step passes no gradient to the carry before it
         if (st[b]) std::fill(dh_next + b * H, dh_next + (b + 1) * H, 0.0f);
     }
-  }
+    const int64_t rows = n * L * B;
+    matmul_tn(h_prev.typed_data() + rows * H, dzh->typed_data() + rows * G, dwh->typed_data() + n * H * G, L * B, H,
+              G);
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PpolabLstmForward, LstmForwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>()
+                                  .Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PpolabLstmBackward, LstmBackwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<Pred>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PpolabGruForward, GruForwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>()
+                                  .Arg<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(PpolabGruBackward, GruBackwardImpl,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<F32>().Arg<Pred>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Ret<F32>());
