@@ -19,8 +19,10 @@ from ppolab import distributions as D
 from ppolab.assembly import env_seeds, init_population, make_driver
 from ppolab.config import Config, ConfigError, agent_table, backend_of
 from ppolab.envs import masked_probes as MP
+from ppolab.envs.errors import SubEnvError
 from ppolab.envs.factory import is_jax_native
-from ppolab.envs.gymnasium_vec import GymnasiumVecEnv
+from ppolab.envs.gymnasium_masks import MaskInObservation
+from ppolab.envs.gymnasium_vec import GymnasiumVecEnv, LeanSyncVectorEnv, make_gymnasium_vec
 from ppolab.loop import TrainingError
 from ppolab.networks import make_network
 from ppolab.options import check_options_apply
@@ -77,6 +79,51 @@ def test_vector_env_splits_masks_off_the_observations(name, mode):
                 assert final.shape == obs.shape
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("name", ["MaskedBanditMethod-v0", "MaskedMultiDiscreteMethod-v0"])
+def test_lean_vector_env_gathers_action_masks_like_the_wrapper(name):
+    """The lean sync env calls the sub-envs' ``action_masks()`` itself (no ``MaskInObservation`` per sub-env) and
+    gives what gym-sync with the wrapper gives: observations with masks, final observations with theirs, rewards."""
+    env_id = f"ppolab/{name}"
+    lean, ref = make_gymnasium_vec(env_id, 5, "sync"), make_gymnasium_vec(env_id, 5, "gym-sync")
+    assert not isinstance(lean.envs[0], MaskInObservation) and isinstance(ref.envs[0], MaskInObservation)
+    assert lean.single_observation_space == ref.single_observation_space
+    assert lean.single_observation_space.mask_size == ref.single_observation_space.mask_size
+    np.testing.assert_array_equal(lean.reset(seed=7)[0], ref.reset(seed=7)[0])
+    rng, ends = np.random.default_rng(3), 0
+    for _ in range(30):
+        a = rng.integers(0, 3, size=(5,) + lean.single_action_space.shape)  # legal or not
+        (o1, r1, te1, tr1, i1), (o2, r2, te2, tr2, i2) = lean.step(a), ref.step(a)
+        assert o1.dtype == o2.dtype == np.float32
+        for x, y in ((o1, o2), (r1, r2), (te1, te2), (tr1, tr2)):
+            np.testing.assert_array_equal(x, y)
+        assert ("final_obs" in i1) == ("final_obs" in i2)
+        for i in np.flatnonzero(i2.get("_final_obs", [])):
+            np.testing.assert_array_equal(i1["final_obs"][i], i2["final_obs"][i])
+            ends += 1
+    assert ends >= 20
+    lean.close()
+    ref.close()
+
+
+class _FaultyMasks(MP.MaskedBandit):
+    def __init__(self, fault: str):
+        super().__init__(mask_in_obs=False)
+        self.fault = fault
+
+    def action_masks(self):
+        if self.fault == "raise":
+            raise RuntimeError("mask service down")
+        return np.ones(4, bool) if self.fault == "size" else super().action_masks()
+
+
+@pytest.mark.parametrize("fault, match", [("raise", "mask service down"), ("size", "action mask of 4 entries")])
+def test_lean_vector_env_names_the_sub_env_whose_mask_fails(fault, match):
+    env = LeanSyncVectorEnv([lambda: _FaultyMasks("ok")] * 2 + [lambda: _FaultyMasks(fault)], mask_size=5)
+    with pytest.raises(SubEnvError, match=match) as err:
+        env.reset(seed=0)
+    assert err.value.index == 2
 
 
 def test_action_mask_off_and_spaces():

@@ -10,8 +10,11 @@ mask of the next episode's first observation comes with it after an autoreset; `
 ``mask_size`` columns off (``split_mask``), so the mask is never fed to the network.
 
 The method is called in the sub-env's own ``reset`` and ``step`` (in its own process for async and Ray workers), so
-gathering the masks costs no extra round trip. A Dict mask is always split off, also with ``--action-mask off`` (the
-network then sees the same observation as with masks; only the masking differs).
+gathering the masks costs no extra round trip. ppolab's lean sync vector env needs no wrapper for a flat Box
+observation: ``VectorMasks`` calls the sub-envs' bound ``action_masks`` methods itself and appends all masks to the
+stacked observations in one array operation (the wrapper's per-sub-env observation copy cost ~10 us a step). A Dict
+mask is always split off, also with ``--action-mask off`` (the network then sees the same observation as with masks;
+only the masking differs).
 
 The mask's layout is the policy head's: [n] for Discrete(n), [sum(nvec)] for MultiDiscrete (sub-action after
 sub-action), True or 1 = legal.
@@ -25,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ppolab.envs.errors import SubEnvError
 from ppolab.spaces import UnsupportedSpaceError
 
 
@@ -74,8 +78,7 @@ class MaskInObservation(gym.ObservationWrapper):
             self.mask_size = spaces.flatdim(space.spaces["action_mask"])
             space = spaces.Dict({k: v for k, v in space.spaces.items() if k != "action_mask"})
         else:
-            n = env.action_space.n if isinstance(env.action_space, spaces.Discrete) else None
-            self.mask_size = int(n if n is not None else np.sum(getattr(env.action_space, "nvec", 0)))
+            self.mask_size = action_mask_size(env.action_space)
         self._rest = space
         flat = spaces.flatten_space(space)
         self.observation_space = MaskedObservationSpace(flat.low, flat.high, self.mask_size)
@@ -86,14 +89,70 @@ class MaskInObservation(gym.ObservationWrapper):
 
     def observation(self, observation):
         mask = observation["action_mask"] if self._action_masks is None else self._action_masks()
-        mask = np.asarray(mask).reshape(-1)
-        if mask.size != self.mask_size:
-            raise ValueError(f"action mask of {mask.size} entries; the action space needs {self.mask_size} (one per "
-                             "action value, sub-action after sub-action)")
+        mask = _flat_mask(mask, self.mask_size)
         out = np.empty(self._rest_size + self.mask_size, np.float32)
         out[: self._rest_size] = np.asarray(self._flatten(observation)).reshape(-1)
         out[self._rest_size:] = mask
         return out
+
+
+def action_mask_size(action_space) -> int:
+    """The entries of an ``action_masks()`` mask for ``action_space``: n for Discrete(n), sum(nvec) for
+    MultiDiscrete (0 for other spaces: ``check_mask_size`` refuses them)."""
+    if isinstance(action_space, spaces.Discrete):
+        return int(action_space.n)
+    return int(np.sum(getattr(action_space, "nvec", 0)))
+
+
+def _flat_mask(mask, size: int) -> np.ndarray:
+    mask = np.asarray(mask).reshape(-1)
+    if mask.size != size:
+        raise ValueError(f"action mask of {mask.size} entries; the action space needs {size} (one per action "
+                         "value, sub-action after sub-action)")
+    return mask
+
+
+class VectorMasks:
+    """The ``action_masks()`` of a vector env's sub-envs (``envs``, one process) appended to their stacked flat
+    observations, as ``MaskInObservation`` appends each one's: the bound methods are resolved once, and each step
+    builds one [n, obs + mask] float32 array. A sub-env's failing method is a ``SubEnvError`` naming it."""
+
+    def __init__(self, envs, size: int):
+        self.methods = [env.get_wrapper_attr("action_masks") for env in envs]
+        self.size = int(size)
+
+    def space(self, single_space) -> MaskedObservationSpace:
+        """The single observation space with the mask appended (``single_space``: a 1-D Box)."""
+        return MaskedObservationSpace(single_space.low, single_space.high, self.size)
+
+    def append(self, obs: np.ndarray) -> np.ndarray:
+        """obs [n, d] of the sub-envs' current states -> [n, d + size] float32 with their masks appended."""
+        masks = []
+        try:
+            for method in self.methods:
+                masks.append(method())
+        except Exception as e:  # noqa: BLE001 - the trainer names the sub-env and stops cleanly
+            raise SubEnvError(len(masks), e) from e
+        try:
+            flat = np.asarray(masks)
+        except ValueError:  # ragged
+            flat = None
+        if flat is None or flat.shape != (len(masks), self.size):  # ragged, nested (MultiDiscrete) or mis-sized
+            flat = np.empty((len(masks), self.size), np.float32)
+            for i, mask in enumerate(masks):
+                try:
+                    flat[i] = _flat_mask(mask, self.size)
+                except ValueError as e:
+                    raise SubEnvError(i, e) from e
+        return np.concatenate((obs, flat), axis=1, dtype=np.float32)
+
+    def append_one(self, i: int, obs) -> np.ndarray:
+        """One sub-env's observation [d] (its current state: a final observation) with its mask appended."""
+        try:
+            mask = _flat_mask(self.methods[i](), self.size)
+        except Exception as e:  # noqa: BLE001
+            raise SubEnvError(i, e) from e
+        return np.concatenate((np.asarray(obs).reshape(-1), mask), dtype=np.float32)
 
 
 def _as_is(x):  # a module-level function, not a lambda: the wrapper stays picklable

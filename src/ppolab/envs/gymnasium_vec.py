@@ -82,6 +82,12 @@ def _needs_flatten(space) -> bool:
     return not isinstance(space, spaces.Box)
 
 
+def _is_flat_box(space) -> bool:
+    from gymnasium import spaces
+
+    return isinstance(space, spaces.Box) and len(space.shape) == 1
+
+
 def _make_one(env_id: str, env_kwargs: dict, wrappers: list):
     import gymnasium as gym
 
@@ -140,15 +146,20 @@ def make_gymnasium_vec(env_id: str, num_envs: int, mode: str = "sync", env_kwarg
         return gym.make_vec(spec, num_envs=num_envs, vectorization_mode="vector_entry_point", **(env_kwargs or {}))
     wrappers = list(wrappers or [])
     probe = _make_one(env_id, env_kwargs or {}, wrappers)
+    lean_masks = 0  # the mask size where the lean env gathers ``action_masks()`` itself (``VectorMasks``)
     try:
-        if gymnasium_masks.mask_source(probe, action_mask) is not None:
+        source = gymnasium_masks.mask_source(probe, action_mask)
+        if source == "method" and mode == "sync" and _is_flat_box(probe.observation_space):
+            lean_masks = gymnasium_masks.action_mask_size(probe.action_space)
+        elif source is not None:
             wrappers.append(functools.partial(gymnasium_masks.wrap, mode=action_mask))
         elif _needs_flatten(probe.observation_space):
             wrappers.append(gym.wrappers.FlattenObservation)
     finally:
         probe.close()
     if mode == "sync":
-        return LeanSyncVectorEnv([functools.partial(_make_one, env_id, env_kwargs or {}, wrappers)] * num_envs)
+        return LeanSyncVectorEnv([functools.partial(_make_one, env_id, env_kwargs or {}, wrappers)] * num_envs,
+                                 mask_size=lean_masks)
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode.removeprefix("gym-"),
                         wrappers=wrappers or None,
                         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP,
@@ -172,15 +183,18 @@ class LeanSyncVectorEnv:
     entry of ``final_info``) stepping sub-envs one after another — without SyncVectorEnv's per-step merging of
     every info key, which costs ~40 us a step on Hopper (BENCHMARKS.md). Same results as
     ``gymnasium.vector.SyncVectorEnv(..., autoreset_mode=SAME_STEP)`` for the keys ppolab reads
-    (tests/test_gymnasium_vec.py)."""
+    (tests/test_gymnasium_vec.py). ``mask_size`` > 0: the sub-envs' ``action_masks()`` are appended to their flat
+    observations (``gymnasium_masks.VectorMasks``), as the ``MaskInObservation`` wrapper would."""
 
-    def __init__(self, env_fns):
+    def __init__(self, env_fns, mask_size: int = 0):
         from gymnasium.vector import AutoresetMode
         from gymnasium.vector.utils import batch_space
 
         self.envs = [fn() for fn in env_fns]
         self.num_envs = len(self.envs)
-        self.single_observation_space = self.envs[0].observation_space
+        self._env_space = self.envs[0].observation_space  # a sub-env's own, without the mask
+        self._masks = gymnasium_masks.VectorMasks(self.envs, mask_size) if mask_size else None
+        self.single_observation_space = self._masks.space(self._env_space) if self._masks else self._env_space
         self.single_action_space = self.envs[0].action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -195,7 +209,11 @@ class LeanSyncVectorEnv:
                 obs.append(env.reset(seed=s, options=options)[0])
             except Exception as e:  # noqa: BLE001
                 raise SubEnvError(i, e) from e
-        return _stack_obs(obs, self.single_observation_space), {}
+        return self._stacked(obs), {}
+
+    def _stacked(self, obs: list) -> np.ndarray:
+        obs = _stack_obs(obs, self._env_space)
+        return obs if self._masks is None else self._masks.append(obs)
 
     def step(self, actions):
         n = self.num_envs
@@ -210,7 +228,8 @@ class LeanSyncVectorEnv:
                 if "final_obs" not in info:
                     info["final_obs"] = np.full(n, None, object)
                     info["_final_obs"] = np.zeros(n, bool)
-                info["final_obs"][i], info["_final_obs"][i] = o, True
+                info["final_obs"][i] = o if self._masks is None else self._masks.append_one(i, o)
+                info["_final_obs"][i] = True
                 if "episode" in inf:
                     fin = info.setdefault("final_info", {"episode": {k: np.zeros(n) for k in ("r", "l", "t")},
                                                          "_episode": np.zeros(n, bool)})
@@ -225,8 +244,7 @@ class LeanSyncVectorEnv:
             rew.append(r)
             term.append(te)
             trunc.append(tr)
-        return _stack_obs(obs, self.single_observation_space), np.asarray(rew, np.float64), np.asarray(term, bool), \
-            np.asarray(trunc, bool), info
+        return self._stacked(obs), np.asarray(rew, np.float64), np.asarray(term, bool), np.asarray(trunc, bool), info
 
     def close(self):
         for env in self.envs:
