@@ -118,7 +118,7 @@ def time_to(rows: list[dict], threshold: float = THRESHOLD, window: int = 100) -
     return None
 
 
-def ppolab_flags(total: int, seed: int, eval_episodes: int) -> list[str]:
+def ppolab_flags(total: int, seed: int, eval_episodes: int, rnn_init: str = "flax") -> list[str]:
     h = HPARAMS
     return ["--preset", "cartpole-lstm", "--env", "ppolab/StatelessCartPole-v0", "--policy", "lstm",  # the preset:
             "--rnn-size", str(h["rnn_size"]),  # no layer before the cell (--hidden-sizes empty), the rest as below
@@ -130,15 +130,17 @@ def ppolab_flags(total: int, seed: int, eval_episodes: int) -> list[str]:
             "--anneal-clip", "--gamma", str(h["gamma"]), "--gae-lambda", str(h["gae_lambda"]),
             "--ent-coef", str(h["ent_coef"]), "--vf-coef", str(h["vf_coef"]), "--max-grad-norm",
             str(h["max_grad_norm"]), "--adam-eps", str(h["adam_eps"]), "--norm-adv", "--total-timesteps",
-            str(total), "--seed", str(seed), "--eval-episodes", str(eval_episodes), "--checkpoint-every", "0"]
+            str(total), "--seed", str(seed), "--eval-episodes", str(eval_episodes), "--checkpoint-every", "0",
+            "--rnn-init", rnn_init]
 
 
-def ppolab_side(total: int, seed: int, eval_episodes: int) -> dict:
+def ppolab_side(total: int, seed: int, eval_episodes: int, rnn_init: str = "flax") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run = ppolab_train(ppolab_flags(total, seed, eval_episodes), os.path.join(tmp, "run"))
+        run = ppolab_train(ppolab_flags(total, seed, eval_episodes, rnn_init), os.path.join(tmp, "run"))
     s, rows = run["summary"], run["rows"]
     offset = s["loop_start_unix"] - run["process_start_unix"]  # process start -> training loop start
-    out = {"side": "ppolab", "seed": seed, "steps": s["total_timesteps"], "loop_s": s["train_loop_s"],
+    out = {"side": "ppolab", "seed": seed, "rnn_init": rnn_init, "steps": s["total_timesteps"],
+           "loop_s": s["train_loop_s"],
            "sps": s["sps"], "sps_after_first_call": s["sps_after_first_call"], "first_call_s": s["first_call_s"],
            "return_recent_100": s["train_return_recent"], "eval_return_mean": s["eval_return_mean"]}
     for window in (20, 100):
@@ -256,7 +258,7 @@ def run_sb3(args, seed: int) -> dict:
 
 def run_ppolab(args, seed: int) -> dict:
     try:
-        return ppolab_side(args.total_timesteps, seed, args.eval_episodes)
+        return ppolab_side(args.total_timesteps, seed, args.eval_episodes, args.rnn_init)
     except PpolabRunError as e:
         return {"side": "ppolab", "seed": seed, "error": str(e)}
 
@@ -293,6 +295,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--torch-threads", type=int, default=1)
+    ap.add_argument("--rnn-init", choices=("flax", "torch"), default="flax",
+                    help="ppolab's cell init (torch: RecurrentPPO's own, U(+-1/sqrt(H)))")
     ap.add_argument("--smoke", action="store_true", help="2048 steps, 1 repeat, 2 eval episodes: checks the script")
     ap.add_argument("--out", default=None, help="JSON lines file (default: see the docstring)")
     ap.add_argument("--sb3-side", action="store_true", help=argparse.SUPPRESS)

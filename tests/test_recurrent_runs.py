@@ -56,7 +56,7 @@ def test_an_lstm_balances_a_cartpole_without_velocities_and_an_mlp_does_not(tmp_
     lstm = train(lstm_cfg).summary
     assert lstm["eval_return_mean"] >= 475, lstm
     mlp = train(lstm_cfg.replace(policy="feedforward", rnn_size=128, rnn_separate=False, rnn_head_sizes=(),
-                                 hidden_sizes=(64, 64), preset=None,
+                                 rnn_init="flax", hidden_sizes=(64, 64), preset=None,
                                  run_dir=str(tmp_path / "mlp"))).summary
     assert mlp["eval_return_mean"] < 475, mlp
 

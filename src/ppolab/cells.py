@@ -15,11 +15,18 @@ the loop (as cuDNN does). ``tests/test_recurrent.py`` checks the gradients again
 
 On the CPU the two time loops (forward, backward) run as C++ custom calls (``cell_kernels.py``) where they can be
 built: the same equations and residuals, one call per sequence instead of ~20 XLA kernels a step.
+
+Initial weights (``weight_init``, ``--rnn-init``): "flax" (flax's cells: input kernels lecun-normal, recurrent kernels
+orthogonal, biases 0) or "torch" (``torch.nn.LSTM`` / ``GRU``, the init sb3-contrib's RecurrentPPO runs with: every
+weight and each of torch's two bias vectors U(-1/sqrt(H), 1/sqrt(H)); where ppolab's layout keeps one summed bias,
+it is drawn as the sum of two such draws). With few inputs the two differ much: lecun-normal scales the input kernel
+by 1/sqrt(F), std 0.71 for StatelessCartPole's F = 2, against torch's bound 1/sqrt(64) = 0.125 for H = 64.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -149,14 +156,39 @@ gru_sequence.defvjp(lambda *a: _gru_forward(*a), _gru_backward)
 
 
 # ---- the flax modules ------------------------------------------------------------------------------------------------
-_kernel = nn.initializers.lecun_normal()
-_recurrent = nn.initializers.orthogonal()
+def _torch_uniform(H: int, draws: int = 1):
+    """torch's cell init: U(-1/sqrt(H), 1/sqrt(H)), summed over ``draws`` independent draws (its two biases)."""
+    bound = 1.0 / math.sqrt(H)
+
+    def init(key, shape, dtype=jnp.float32):
+        return sum(jax.random.uniform(k, shape, dtype, -bound, bound) for k in jax.random.split(key, draws))
+    return init
+
+
+def _torch_gru_input_bias(H: int):
+    """GRU ``bi`` [3H]: b_ir + b_hr, b_iz + b_hz (two draws each), then b_in (one; b_hn is its own parameter)."""
+    two, one = _torch_uniform(H, 2), _torch_uniform(H)
+
+    def init(key, shape, dtype=jnp.float32):
+        k2, k1 = jax.random.split(key)
+        return jnp.concatenate([two(k2, (2 * H,), dtype), one(k1, (H,), dtype)])
+    return init
+
+
+#: ``init`` -> H -> (input kernel, recurrent kernel, LSTM bias ``b``, GRU bias ``bi``, GRU ``b_hn``) initializers.
+INITS = {
+    "flax": lambda H: (nn.initializers.lecun_normal(), nn.initializers.orthogonal(), nn.initializers.zeros,
+                       nn.initializers.zeros, nn.initializers.zeros),
+    "torch": lambda H: (_torch_uniform(H), _torch_uniform(H), _torch_uniform(H, 2), _torch_gru_input_bias(H),
+                        _torch_uniform(H)),
+}
 
 
 class LSTM(nn.Module):
     """Parameters: ``wi`` [F, 4H], ``wh`` [H, 4H], ``b`` [4H] (gates i, f, g, o). Carry (c, h)."""
 
     features: int
+    weight_init: str = "flax"  # a key of ``INITS`` (not ``init``: flax modules have an ``init`` method)
 
     def initialize_carry(self, batch_shape):
         zeros = jnp.zeros(tuple(batch_shape) + (self.features,), jnp.float32)
@@ -165,8 +197,9 @@ class LSTM(nn.Module):
     @nn.compact
     def weights(self, in_features: int) -> dict:
         H = self.features
-        return {"wi": self.param("wi", _kernel, (in_features, 4 * H)), "wh": self.param("wh", _recurrent, (H, 4 * H)),
-                "b": self.param("b", nn.initializers.zeros, (4 * H,))}
+        kernel, recurrent, b, _, _ = INITS[self.weight_init](H)
+        return {"wi": self.param("wi", kernel, (in_features, 4 * H)), "wh": self.param("wh", recurrent, (H, 4 * H)),
+                "b": self.param("b", b, (4 * H,))}
 
     def __call__(self, carry, x, starts, sequence: bool = False):
         w = self.weights(x.shape[-1])
@@ -185,6 +218,7 @@ class GRU(nn.Module):
     """Parameters: ``wi`` [F, 3H], ``bi`` [3H], ``wh`` [H, 3H], ``b_hn`` [H] (gates r, z, n). Carry h."""
 
     features: int
+    weight_init: str = "flax"  # a key of ``INITS`` (not ``init``: flax modules have an ``init`` method)
 
     def initialize_carry(self, batch_shape):
         return jnp.zeros(tuple(batch_shape) + (self.features,), jnp.float32)
@@ -192,9 +226,9 @@ class GRU(nn.Module):
     @nn.compact
     def weights(self, in_features: int) -> dict:
         H = self.features
-        return {"wi": self.param("wi", _kernel, (in_features, 3 * H)), "bi": self.param("bi", nn.initializers.zeros,
-                                                                                         (3 * H,)),
-                "wh": self.param("wh", _recurrent, (H, 3 * H)), "b_hn": self.param("b_hn", nn.initializers.zeros, (H,))}
+        kernel, recurrent, _, bi, b_hn = INITS[self.weight_init](H)
+        return {"wi": self.param("wi", kernel, (in_features, 3 * H)), "bi": self.param("bi", bi, (3 * H,)),
+                "wh": self.param("wh", recurrent, (H, 3 * H)), "b_hn": self.param("b_hn", b_hn, (H,))}
 
     def __call__(self, carry, x, starts, sequence: bool = False):
         w = self.weights(x.shape[-1])

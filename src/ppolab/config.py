@@ -114,6 +114,9 @@ class Config:
     """Separate actor and critic torso+cell (default: one torso and cell for both heads)."""
     rnn_head_sizes: tuple[int, ...] = ()
     """Hidden layers after the cell, one stack per head (sb3-contrib's RecurrentPPO: 64; PureJaxRL: 128)."""
+    rnn_init: Literal["flax", "torch"] = "flax"
+    """The cells' initial weights: flax's (lecun-normal input, orthogonal recurrent, zero biases) or torch's
+    (U(+-1/sqrt(rnn_size)) everywhere, as sb3-contrib's RecurrentPPO)."""
     seq_len: int = 0
     """Recurrent update: sequences of this many steps, each from its stored start carry (0: whole rollouts)."""
     normalize_obs: bool = False

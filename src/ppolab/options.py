@@ -80,7 +80,7 @@ def check_options_apply(cfg: Config) -> None:
 
 
 #: Options of recurrent policies (``--policy lstm|gru``).
-RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "seq_len")
+RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "rnn_init", "seq_len")
 
 
 def check_recurrent(cfg: Config, base: Config) -> None:

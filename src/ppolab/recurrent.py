@@ -24,8 +24,9 @@ from ppolab import distributions as D
 from ppolab.cells import GRU, LSTM, can_pair, paired_sequences
 from ppolab.networks import ActorCritic, _dense, make_dist, sample_from_head
 
-#: Cell kinds: name -> a flax module class with ``features``, ``initialize_carry(batch_shape)`` and
-#: ``__call__(carry, x, starts, sequence=False)`` (``ppolab.cells``). Tests register instrumented cells here.
+#: Cell kinds: name -> a flax module class with ``features``, ``weight_init`` (a key of ``cells.INITS``),
+#: ``initialize_carry(batch_shape)`` and ``__call__(carry, x, starts, sequence=False)`` (``ppolab.cells``). Tests
+#: register instrumented cells here.
 CELLS: dict[str, type[nn.Module]] = {"lstm": LSTM, "gru": GRU}
 
 
@@ -42,6 +43,7 @@ class RecurrentActorCritic(ActorCritic):
     rnn_size: int = 128
     separate: bool = False
     head_sizes: tuple[int, ...] = ()  # hidden layers after the cell, one stack per head (sb3-contrib, PureJaxRL)
+    rnn_init: str = "flax"  # the cells' initial weights (``cells.INITS``)
     recurrent = True
 
     def initial_carry(self, batch_shape: tuple[int, ...]):
@@ -54,8 +56,11 @@ class RecurrentActorCritic(ActorCritic):
             return x.reshape(batch_shape + x.shape[-1:])
         return self._mlp(obs.reshape(batch_shape + (-1,)).astype(jnp.float32), prefix)
 
+    def _cell(self, name: str) -> nn.Module:
+        return CELLS[self.cell](features=self.rnn_size, weight_init=self.rnn_init, name=name)
+
     def _run_cell(self, x, starts, carry, name, sequence, cell=None):
-        cell = cell if cell is not None else CELLS[self.cell](features=self.rnn_size, name=name)
+        cell = cell if cell is not None else self._cell(name)
         if not sequence:  # x [B, F], starts [B]
             carry, y = cell(carry, x, starts)
             return y, carry
@@ -68,7 +73,7 @@ class RecurrentActorCritic(ActorCritic):
         """The actor's and the critic's cells over sequences (obs [S, L, ...]): as one paired call where
         ``cells.can_pair`` (``cells.paired_sequences``: the two run in parallel), else one after the other."""
         xs, names = [self._torso(obs, "pi"), self._torso(obs, "v")], ("pi_rnn", "v_rnn")
-        cells = [CELLS[self.cell](features=self.rnn_size, name=n) for n in names]
+        cells = [self._cell(n) for n in names]
         if not can_pair(cells, xs):
             return [self._run_cell(x, starts, c, None, True, cell) for x, c, cell in zip(xs, carry, cells, strict=True)]
         time_major = lambda a: jnp.swapaxes(a, 0, 1)
@@ -116,7 +121,7 @@ def make_recurrent_network(cfg, obs, action) -> RecurrentActorCritic:
                                 activation=cfg.activation, shared_torso=not cfg.rnn_separate,
                                 ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init, cell=cfg.policy,
                                 rnn_size=cfg.rnn_size, separate=cfg.rnn_separate,
-                                head_sizes=tuple(cfg.rnn_head_sizes))
+                                head_sizes=tuple(cfg.rnn_head_sizes), rnn_init=cfg.rnn_init)
 
 
 # ---- numpy mirror ---------------------------------------------------------------------------------------------------
