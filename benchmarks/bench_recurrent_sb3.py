@@ -20,8 +20,8 @@ the carry resets at episode starts, as sb3's per-episode sequences do).
 
 The networks are laid out alike: sb3's MlpLstmPolicy is LSTM(64) on the observation -> 64 ReLU -> linear heads, with
 a second LSTM for the critic (``enable_critic_lstm=True``); ppolab's ``--preset cartpole-lstm`` is the same: no
-layer before the cell, ``--rnn-separate``, ``--rnn-head-sizes 64``. (Inits differ: torch's defaults against
-flax's.)
+layer before the cell, ``--rnn-separate``, ``--rnn-head-sizes 64``, initialized alike: torch's defaults
+(``--default-init torch``, the preset's since session 11; ``--default-init flax`` for flax's).
 
 Each repeat runs both sides once, alternating which goes first, each in its own process (ppolab: ``python -m
 ppolab.cli train``; sb3: this script under ``--sb3-python`` with ``--sb3-side``). Reported per run: SPS (ppolab:
@@ -118,7 +118,7 @@ def time_to(rows: list[dict], threshold: float = THRESHOLD, window: int = 100) -
     return None
 
 
-def ppolab_flags(total: int, seed: int, eval_episodes: int, rnn_init: str = "flax") -> list[str]:
+def ppolab_flags(total: int, seed: int, eval_episodes: int, default_init: str = "torch") -> list[str]:
     h = HPARAMS
     return ["--preset", "cartpole-lstm", "--env", "ppolab/StatelessCartPole-v0", "--policy", "lstm",  # the preset:
             "--rnn-size", str(h["rnn_size"]),  # no layer before the cell (--hidden-sizes empty), the rest as below
@@ -131,15 +131,15 @@ def ppolab_flags(total: int, seed: int, eval_episodes: int, rnn_init: str = "fla
             "--ent-coef", str(h["ent_coef"]), "--vf-coef", str(h["vf_coef"]), "--max-grad-norm",
             str(h["max_grad_norm"]), "--adam-eps", str(h["adam_eps"]), "--norm-adv", "--total-timesteps",
             str(total), "--seed", str(seed), "--eval-episodes", str(eval_episodes), "--checkpoint-every", "0",
-            "--rnn-init", rnn_init]
+            "--default-init", default_init]
 
 
-def ppolab_side(total: int, seed: int, eval_episodes: int, rnn_init: str = "flax") -> dict:
+def ppolab_side(total: int, seed: int, eval_episodes: int, default_init: str = "torch") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run = ppolab_train(ppolab_flags(total, seed, eval_episodes, rnn_init), os.path.join(tmp, "run"))
+        run = ppolab_train(ppolab_flags(total, seed, eval_episodes, default_init), os.path.join(tmp, "run"))
     s, rows = run["summary"], run["rows"]
     offset = s["loop_start_unix"] - run["process_start_unix"]  # process start -> training loop start
-    out = {"side": "ppolab", "seed": seed, "rnn_init": rnn_init, "steps": s["total_timesteps"],
+    out = {"side": "ppolab", "seed": seed, "default_init": default_init, "steps": s["total_timesteps"],
            "loop_s": s["train_loop_s"],
            "sps": s["sps"], "sps_after_first_call": s["sps_after_first_call"], "first_call_s": s["first_call_s"],
            "return_recent_100": s["train_return_recent"], "eval_return_mean": s["eval_return_mean"]}
@@ -258,7 +258,7 @@ def run_sb3(args, seed: int) -> dict:
 
 def run_ppolab(args, seed: int) -> dict:
     try:
-        return ppolab_side(args.total_timesteps, seed, args.eval_episodes, args.rnn_init)
+        return ppolab_side(args.total_timesteps, seed, args.eval_episodes, args.default_init)
     except PpolabRunError as e:
         return {"side": "ppolab", "seed": seed, "error": str(e)}
 
@@ -295,8 +295,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--torch-threads", type=int, default=1)
-    ap.add_argument("--rnn-init", choices=("flax", "torch"), default="flax",
-                    help="ppolab's cell init (torch: RecurrentPPO's own, U(+-1/sqrt(H)))")
+    ap.add_argument("--default-init", choices=("flax", "torch"), default="torch",
+                    help="ppolab's init of its cells and dense layers (torch: RecurrentPPO's own, the preset's)")
     ap.add_argument("--smoke", action="store_true", help="2048 steps, 1 repeat, 2 eval episodes: checks the script")
     ap.add_argument("--out", default=None, help="JSON lines file (default: see the docstring)")
     ap.add_argument("--sb3-side", action="store_true", help=argparse.SUPPRESS)

@@ -352,29 +352,3 @@ def test_recurrent_train_learn_compiles_once_per_shape():
     new_state, metrics = jax.jit(learn, static_argnums=(0, 1))(spec, net, state, rollout)
     assert float(metrics["minibatches_done"]) == spec.num_epochs * spec.num_minibatches
     assert float(metrics["kl"]) > 0 and np.isfinite(float(metrics["policy_loss"]))
-
-
-# ---- --rnn-init ------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_rnn_init_torch_draws_torchs_distributions_and_flax_stays_flaxs(cell):
-    """torch: every weight U(+-1/sqrt(H)); a summed bias (LSTM b, GRU's r and z part of bi) the sum of two such
-    draws, std bound * sqrt(2/3); flax: lecun-normal input kernel (std 1/sqrt(F)), zero biases."""
-    H, F, bound = 64, 2, 1 / 8
-    net = lambda init: R.make_recurrent_network(Config(policy=cell, rnn_size=H, rnn_init=init, hidden_sizes=()),
-                                                ObsSpec((F,)),
-                                                DISCRETE)
-    torch_p = net("torch").init_params(jax.random.PRNGKey(0))["params"]["rnn"]
-    flax_p = net("flax").init_params(jax.random.PRNGKey(0))["params"]["rnn"]
-    uniform_std = bound / np.sqrt(3)
-    for name in ("wi", "wh"):
-        w = np.asarray(torch_p[name])
-        assert np.abs(w).max() <= bound and abs(w.std() / uniform_std - 1) < 0.1, name
-    summed = np.asarray(torch_p["b"] if cell == "lstm" else torch_p["bi"][: 2 * H])
-    assert np.abs(summed).max() > bound and abs(summed.std() / (bound * np.sqrt(2 / 3)) - 1) < 0.1
-    if cell == "gru":  # b_in and b_hn: one draw each
-        for single in (torch_p["bi"][2 * H:], torch_p["b_hn"]):
-            assert np.abs(np.asarray(single)).max() <= bound and np.asarray(single).std() > 0.5 * uniform_std
-    assert abs(float(np.asarray(flax_p["wi"]).std()) * np.sqrt(F) - 1) < 0.25  # lecun-normal: 10x torch's scale
-    assert all(not np.asarray(v).any() for k, v in flax_p.items() if k.startswith("b"))
-    with pytest.raises(ConfigError, match="--rnn-init torch does nothing with --policy feedforward"):
-        check_options_apply(Config(rnn_init="torch"))

@@ -58,7 +58,7 @@ def test_an_lstm_balances_a_cartpole_without_velocities_and_an_mlp_does_not(tmp_
     lstm = [a["eval_return_mean"] for a in train(lstm_cfg).summary["agents"]]
     assert sum(r >= 475 for r in lstm) >= 2, lstm
     mlp = train(lstm_cfg.replace(policy="feedforward", rnn_size=128, rnn_separate=False, rnn_head_sizes=(),
-                                 rnn_init="flax", hidden_sizes=(64, 64), preset=None,
+                                 hidden_sizes=(64, 64), preset=None,
                                  run_dir=str(tmp_path / "mlp"))).summary
     assert all(a["eval_return_mean"] < 475 for a in mlp["agents"]), mlp["agents"]
 

@@ -16,11 +16,12 @@ the loop (as cuDNN does). ``tests/test_recurrent.py`` checks the gradients again
 On the CPU the two time loops (forward, backward) run as C++ custom calls (``cell_kernels.py``) where they can be
 built: the same equations and residuals, one call per sequence instead of ~20 XLA kernels a step.
 
-Initial weights (``weight_init``, ``--rnn-init``): "flax" (flax's cells: input kernels lecun-normal, recurrent kernels
-orthogonal, biases 0) or "torch" (``torch.nn.LSTM`` / ``GRU``, the init sb3-contrib's RecurrentPPO runs with: every
-weight and each of torch's two bias vectors U(-1/sqrt(H), 1/sqrt(H)); where ppolab's layout keeps one summed bias,
-it is drawn as the sum of two such draws). With few inputs the two differ much: lecun-normal scales the input kernel
-by 1/sqrt(F), std 0.71 for StatelessCartPole's F = 2, against torch's bound 1/sqrt(64) = 0.125 for H = 64.
+Initial weights (``weight_init``, ``--default-init``): "flax" (flax's cells: input kernels lecun-normal,
+recurrent kernels orthogonal, biases 0) or "torch" (``torch.nn.LSTM`` / ``GRU``, the init sb3-contrib's RecurrentPPO
+runs with: every weight and each of torch's two bias vectors U(-1/sqrt(H), 1/sqrt(H)); where ppolab's layout keeps
+one summed bias, it is drawn as the sum of two such draws). With few inputs the two differ much: lecun-normal scales
+the input kernel by 1/sqrt(F), std 0.71 for StatelessCartPole's F = 2, against torch's bound 1/sqrt(64) = 0.125 for
+H = 64.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ class Config:
     shared_torso: bool = False
     """Share the hidden layers between policy and value (the paper's MuJoCo setting uses separate networks)."""
     ortho_init: bool = True
-    """Orthogonal init (gain sqrt 2 hidden, 0.01 policy head, 1 value head)."""
+    """Orthogonal init of the dense layers (gain sqrt 2 hidden, 0.01 policy head, 1 value head); else --default-init."""
     log_std_init: float = 0.0
     """Initial state-independent log std of Gaussian policies."""
     policy: Literal["feedforward", "lstm", "gru"] = "feedforward"
@@ -114,9 +114,10 @@ class Config:
     """Separate actor and critic torso+cell (default: one torso and cell for both heads)."""
     rnn_head_sizes: tuple[int, ...] = ()
     """Hidden layers after the cell, one stack per head (sb3-contrib's RecurrentPPO: 64; PureJaxRL: 128)."""
-    rnn_init: Literal["flax", "torch"] = "flax"
-    """The cells' initial weights: flax's (lecun-normal input, orthogonal recurrent, zero biases) or torch's
-    (U(+-1/sqrt(rnn_size)) everywhere, as sb3-contrib's RecurrentPPO)."""
+    default_init: Literal["flax", "torch"] = "flax"
+    """The init wherever orthogonal init is not used (the recurrent cells always; the dense layers under
+    --no-ortho-init): flax's (lecun-normal kernels, orthogonal recurrent kernels, zero biases) or torch's defaults
+    (nn.Linear / LSTM / GRU: U(+-1/sqrt(fan_in)) weights and biases, what sb3 runs with ortho_init=False)."""
     seq_len: int = 0
     """Recurrent update: sequences of this many steps, each from its stored start carry (0: whole rollouts)."""
     normalize_obs: bool = False
@@ -354,9 +355,14 @@ def to_dict(cfg: Config) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+#: Config keys renamed since runs were written with them: old -> new (config.json of older runs still loads).
+RENAMED = {"rnn_init": "default_init"}  # session 11: the cells' init became the init of every non-orthogonal layer
+
+
 def from_dict(d: dict) -> Config:
     """Inverse of ``to_dict``; unknown keys and wrong types raise ``ConfigError``."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
+    d = {RENAMED.get(k, k): v for k, v in d.items()}
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; known keys: {', '.join(fields)}")

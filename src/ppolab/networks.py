@@ -31,11 +31,22 @@ def make_dist(spec: ActionSpec, head: jax.Array, log_std: jax.Array | None):
     raise ValueError(spec.kind)
 
 
-def _dense(features, gain, ortho, name):
+def _torch_bias(fan_in: int):
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _dense(features, gain, ortho, name, default: str = "flax"):
+    """A dense layer: orthogonal (``gain``, zero bias) with ``ortho``; else ``default``'s init: flax's (lecun-normal,
+    zero bias) or torch's ``nn.Linear`` (weights and bias U(+-1/sqrt(fan_in)), what sb3 runs with ortho_init=False).
+    Returns a callable on the input (torch's bias bound needs its width)."""
     if ortho:
         return nn.Dense(features, kernel_init=nn.initializers.orthogonal(gain), bias_init=nn.initializers.zeros,
                         name=name)
-    return nn.Dense(features, name=name)
+    if default == "flax":
+        return nn.Dense(features, name=name)
+    kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # = U(+-1/sqrt(fan_in))
+    return lambda x: nn.Dense(features, kernel_init=kernel, bias_init=_torch_bias(x.shape[-1]), name=name)(x)
 
 
 class ActorCritic(nn.Module):
@@ -48,6 +59,7 @@ class ActorCritic(nn.Module):
     shared_torso: bool = False
     ortho_init: bool = True
     log_std_init: float = 0.0
+    default_init: str = "flax"  # the init where not orthogonal: "flax" or "torch" (``_dense``, ``cells.INITS``)
     recurrent = False  # ``recurrent.RecurrentActorCritic`` takes (obs, starts, carry) and returns a carry too
 
     def init_params(self, key, batch: int = 1):
@@ -56,8 +68,13 @@ class ActorCritic(nn.Module):
     def _mlp(self, x, prefix, sizes=None):
         act = jnp.tanh if self.activation == "tanh" else nn.relu
         for i, h in enumerate(self.hidden_sizes if sizes is None else sizes):
-            x = act(_dense(h, math.sqrt(2), self.ortho_init, f"{prefix}_{i}")(x))
+            x = act(_dense(h, math.sqrt(2), self.ortho_init, f"{prefix}_{i}", self.default_init)(x))
         return x
+
+    def _head(self, features, gain, name):
+        """A linear head: orthogonal with ``gain`` under ortho_init and on images (the Nature CNN's), else
+        ``default_init``'s."""
+        return _dense(features, gain, self.ortho_init or self.obs.image, name, self.default_init)
 
     def _nature_cnn(self, x):
         x = x.astype(jnp.float32) / 255.0
@@ -89,20 +106,21 @@ class ActorCritic(nn.Module):
                 v_h = self._mlp(x, "v") if want_v else None
         dist = value = None
         if want_pi:
-            head = _dense(self.action.head_size, 0.01, self.ortho_init or self.obs.image, "pi_head")(pi_h)
+            head = self._head(self.action.head_size, 0.01, "pi_head")(pi_h)
             log_std = None
             if self.action.kind == "box":
                 log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action.size,))
             dist = D.with_mask(make_dist(self.action, head, log_std), action_mask)
         if want_v:
-            value = _dense(1, 1.0, self.ortho_init or self.obs.image, "v_head")(v_h)[..., 0]
+            value = self._head(1, 1.0, "v_head")(v_h)[..., 0]
         return dist, value
 
 
 def make_network(cfg, obs: ObsSpec, action: ActionSpec) -> ActorCritic:
     """The feed-forward network of ``cfg`` (``models.make_model`` picks it or a recurrent one)."""
     return ActorCritic(obs=obs, action=action, hidden_sizes=tuple(cfg.hidden_sizes), activation=cfg.activation,
-                       shared_torso=cfg.shared_torso, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init)
+                       shared_torso=cfg.shared_torso, ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init,
+                       default_init=cfg.default_init)
 
 
 # ---- numpy mirror of the MLP policy -------------------------------------------------------------------------------

@@ -80,12 +80,15 @@ def check_options_apply(cfg: Config) -> None:
 
 
 #: Options of recurrent policies (``--policy lstm|gru``).
-RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "rnn_init", "seq_len")
+RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "seq_len")
 
 
 def check_recurrent(cfg: Config, base: Config) -> None:
     """The recurrent options: refused with a feed-forward policy; the sequences of the update must split exactly."""
     if cfg.policy == "feedforward":
+        if cfg.ortho_init and cfg.default_init != base.default_init:
+            raise ConfigError(f"--default-init {cfg.default_init} does nothing with --policy feedforward and "
+                              "orthogonal init; it applies to recurrent cells and under --no-ortho-init")
         for name in RECURRENT_OPTIONS:
             if getattr(cfg, name) != getattr(base, name):
                 raise ConfigError(f"{_flag(name)} {_shown(getattr(cfg, name))} does nothing with --policy "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ppolab import distributions as D
 from ppolab.cells import GRU, LSTM, can_pair, paired_sequences
-from ppolab.networks import ActorCritic, _dense, make_dist, sample_from_head
+from ppolab.networks import ActorCritic, make_dist, sample_from_head
 
 #: Cell kinds: name -> a flax module class with ``features``, ``weight_init`` (a key of ``cells.INITS``),
 #: ``initialize_carry(batch_shape)`` and ``__call__(carry, x, starts, sequence=False)`` (``ppolab.cells``). Tests
@@ -43,7 +43,6 @@ class RecurrentActorCritic(ActorCritic):
     rnn_size: int = 128
     separate: bool = False
     head_sizes: tuple[int, ...] = ()  # hidden layers after the cell, one stack per head (sb3-contrib, PureJaxRL)
-    rnn_init: str = "flax"  # the cells' initial weights (``cells.INITS``)
     recurrent = True
 
     def initial_carry(self, batch_shape: tuple[int, ...]):
@@ -57,7 +56,7 @@ class RecurrentActorCritic(ActorCritic):
         return self._mlp(obs.reshape(batch_shape + (-1,)).astype(jnp.float32), prefix)
 
     def _cell(self, name: str) -> nn.Module:
-        return CELLS[self.cell](features=self.rnn_size, weight_init=self.rnn_init, name=name)
+        return CELLS[self.cell](features=self.rnn_size, weight_init=self.default_init, name=name)
 
     def _run_cell(self, x, starts, carry, name, sequence, cell=None):
         cell = cell if cell is not None else self._cell(name)
@@ -102,13 +101,13 @@ class RecurrentActorCritic(ActorCritic):
             y_pi = self._mlp(y_pi, "pi_post", self.head_sizes) if heads in ("both", "policy") else y_pi
             y_v = self._mlp(y_v, "v_post", self.head_sizes) if heads in ("both", "value") else y_v
         if heads in ("both", "policy"):
-            head = _dense(self.action.head_size, 0.01, True, "pi_head")(y_pi)
+            head = self._head(self.action.head_size, 0.01, "pi_head")(y_pi)
             log_std = None
             if self.action.kind == "box":
                 log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action.size,))
             dist = D.with_mask(make_dist(self.action, head, log_std), action_mask)
         if heads in ("both", "value"):
-            value = _dense(1, 1.0, True, "v_head")(y_v)[..., 0]
+            value = self._head(1, 1.0, "v_head")(y_v)[..., 0]
         return dist, value, new_carry
 
     def init_params(self, key, batch: int = 1):
@@ -121,7 +120,7 @@ def make_recurrent_network(cfg, obs, action) -> RecurrentActorCritic:
                                 activation=cfg.activation, shared_torso=not cfg.rnn_separate,
                                 ortho_init=cfg.ortho_init, log_std_init=cfg.log_std_init, cell=cfg.policy,
                                 rnn_size=cfg.rnn_size, separate=cfg.rnn_separate,
-                                head_sizes=tuple(cfg.rnn_head_sizes), rnn_init=cfg.rnn_init)
+                                head_sizes=tuple(cfg.rnn_head_sizes), default_init=cfg.default_init)
 
 
 # ---- numpy mirror ---------------------------------------------------------------------------------------------------
