@@ -125,7 +125,11 @@ def make_recurrent_network(cfg, obs, action) -> RecurrentActorCritic:
 
 # ---- numpy mirror ---------------------------------------------------------------------------------------------------
 def _sigmoid(x):
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + e^-x), without overflow warnings
+    """1 / (1 + e^-x) as 0.5 (tanh(x / 2) + 1), without overflow warnings; one new array."""
+    y = np.tanh(0.5 * x)
+    y += 1.0
+    y *= 0.5
+    return y
 
 
 @dataclasses.dataclass
@@ -150,20 +154,26 @@ class NumpyCell:
         raise ValueError(f"no numpy mirror of the {kind!r} cell")
 
     def __call__(self, carry, x):
-        """carry leaves [K, B, H], x [K, B, in] -> (carry', y [K, B, H])."""
+        """carry leaves [K, B, H], x [K, B, in] -> (carry', y [K, B, H]). Few numpy calls (each costs microseconds
+        at acting's sizes): the gates as views, one sigmoid over all of them (g's part unused)."""
+        H = self.wh.shape[1]
         if self.kind == "lstm":
             c, h = carry
-            z = np.matmul(x, self.wi) + self.bi + np.matmul(h, self.wh)
-            i, f, g, o = np.split(z, 4, axis=-1)
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-            h = _sigmoid(o) * np.tanh(c)
+            z = np.matmul(x, self.wi)
+            z += self.bi
+            z += np.matmul(h, self.wh)
+            g = np.tanh(z[..., 2 * H:3 * H])
+            s = _sigmoid(z)
+            c = s[..., H:2 * H] * c + s[..., :H] * g
+            h = s[..., 3 * H:] * np.tanh(c)
             return (c, h), h
         h = carry
-        zi = np.matmul(x, self.wi) + self.bi
-        zh = np.matmul(h, self.wh) + self.bh
-        H = h.shape[-1]
-        r = _sigmoid(zi[..., :H] + zh[..., :H])
-        u = _sigmoid(zi[..., H:2 * H] + zh[..., H:2 * H])
+        zi = np.matmul(x, self.wi)
+        zi += self.bi
+        zh = np.matmul(h, self.wh)
+        zh += self.bh
+        ru = _sigmoid(zi[..., :2 * H] + zh[..., :2 * H])
+        r, u = ru[..., :H], ru[..., H:]
         n = np.tanh(zi[..., 2 * H:] + r * zh[..., 2 * H:])
         h = (1.0 - u) * n + u * h
         return h, h
