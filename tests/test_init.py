@@ -73,8 +73,13 @@ def test_no_ortho_init_gives_every_dense_layer_and_head_the_default_init(policy)
 def test_default_init_is_refused_where_it_changes_nothing():
     with pytest.raises(ConfigError, match="--default-init torch does nothing with --policy feedforward"):
         check_options_apply(Config(default_init="torch"))
+    with pytest.raises(ConfigError, match="--default-init torch does nothing with --policy feedforward and an Atari"):
+        check_options_apply(Config(default_init="torch", env="ALE/Pong-v5"))
+    with pytest.raises(ConfigError, match="--no-ortho-init does nothing with --policy feedforward on an Atari env"):
+        check_options_apply(Config(ortho_init=False, env="ALE/Pong-v5"))
     check_options_apply(Config(default_init="torch", ortho_init=False))
     check_options_apply(Config(default_init="torch", policy="lstm"))
+    check_options_apply(Config(default_init="torch", policy="lstm", env="ALE/Pong-v5"))  # the cell's init
 
 
 def test_a_config_json_with_the_old_rnn_init_key_still_loads():

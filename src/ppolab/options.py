@@ -86,9 +86,14 @@ RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "seq_len")
 def check_recurrent(cfg: Config, base: Config) -> None:
     """The recurrent options: refused with a feed-forward policy; the sequences of the update must split exactly."""
     if cfg.policy == "feedforward":
-        if cfg.ortho_init and cfg.default_init != base.default_init:
+        image = backend_of(cfg.env)[0] == "gymnasium" and is_atari_id(cfg.env)  # Nature CNN + heads: orthogonal
+        if image and not cfg.ortho_init:
+            raise ConfigError("--no-ortho-init does nothing with --policy feedforward on an Atari env: the Nature "
+                              "CNN and its heads are initialized orthogonally")
+        if (cfg.ortho_init or image) and cfg.default_init != base.default_init:
             raise ConfigError(f"--default-init {cfg.default_init} does nothing with --policy feedforward and "
-                              "orthogonal init; it applies to recurrent cells and under --no-ortho-init")
+                              f"{'an Atari env' if image else 'orthogonal init'}; it applies to recurrent cells and "
+                              "to MLP layers under --no-ortho-init")
         for name in RECURRENT_OPTIONS:
             if getattr(cfg, name) != getattr(base, name):
                 raise ConfigError(f"{_flag(name)} {_shown(getattr(cfg, name))} does nothing with --policy "
