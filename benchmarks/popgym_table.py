@@ -176,6 +176,7 @@ def main() -> None:
                 print(f"{task} seed {seed} failed: {result['error']}", file=sys.stderr)
             print(json.dumps(result), flush=True)
             f.write(json.dumps(result) + "\n")
+            f.flush()  # each finished run is on disk at once (runs take minutes to hours)
     text = table(runs, tasks)
     with open(args.out + ".md", "w") as f:
         f.write(f"{args.total_timesteps:,} steps per run, --settings {args.settings} (benchmarks/popgym_table.py); "
