@@ -20,9 +20,9 @@ at 410d5aa) where ppolab has the option: 64 envs (4 workers x 16), 1024-step rol
 steps (``POPGYM_STEPS``); and RLlib's PPO defaults the script leaves alone: step size 5e-5,
 GAE lambda 1.0, 30 SGD iterations, clip 0.3, no entropy bonus, no gradient clipping. Not reproduced: RLlib's adaptive
 KL penalty *added* to the clipped loss (kl_coeff 0.2; ppolab has clip or a KL penalty, not both), its clipping of the
-squared value error at 10 (a no-op for returns in [-1, 1]) and LeakyReLU (ReLU here). On a 2-core CPU one
-iteration of these settings (64 x 1024 steps, 240 minibatches of 8 x 1024 steps through a GRU of 256) takes about
-two minutes, 15M steps about 7 hours a run.
+squared value error at 10 (a no-op for returns in [-1, 1]) and LeakyReLU (ReLU here). On a 2-core CPU these
+settings (64 x 1024 steps an iteration, 240 minibatches of 8 x 1024 steps through a GRU of 256) need roughly 7 hours
+for 15M steps (an estimate).
 
 ``--settings quick``: ppolab's own CPU-sized setting, not the paper's: 64 envs x 128 steps (whole rollouts as
 sequences, longer than RepeatPrevious's and Autoencode's easy episodes), 8 minibatches, 4 epochs, step size 3e-4
