@@ -76,7 +76,22 @@ def check_options_apply(cfg: Config) -> None:
     if cfg.frame_stack != base.frame_stack and not (backend == "gymnasium" and is_atari_id(cfg.env)):
         raise ConfigError(f"--frame-stack {cfg.frame_stack} does nothing with {cfg.env!r}; it applies to Atari "
                           "environments (ALE/*-v5, *NoFrameskip-v4)")
+    check_init(cfg, base, atari=backend == "gymnasium" and is_atari_id(cfg.env))
     check_recurrent(cfg, base)
+
+
+def check_init(cfg: Config, base: Config, atari: bool) -> None:
+    """--no-ortho-init and --default-init, refused where no layer takes them: a feed-forward policy on Atari (the
+    Nature CNN and its heads are always orthogonal), and --default-init with a feed-forward orthogonal network."""
+    if cfg.policy != "feedforward":
+        return  # the cells take --default-init
+    if atari and not cfg.ortho_init:
+        raise ConfigError("--no-ortho-init does nothing with --policy feedforward on an Atari env: the Nature "
+                          "CNN and its heads are initialized orthogonally")
+    if (cfg.ortho_init or atari) and cfg.default_init != base.default_init:
+        raise ConfigError(f"--default-init {cfg.default_init} does nothing with --policy feedforward and "
+                          f"{'an Atari env' if atari else 'orthogonal init'}; it applies to recurrent cells and "
+                          "to MLP layers under --no-ortho-init")
 
 
 #: Options of recurrent policies (``--policy lstm|gru``).
@@ -86,14 +101,6 @@ RECURRENT_OPTIONS = ("rnn_size", "rnn_separate", "rnn_head_sizes", "seq_len")
 def check_recurrent(cfg: Config, base: Config) -> None:
     """The recurrent options: refused with a feed-forward policy; the sequences of the update must split exactly."""
     if cfg.policy == "feedforward":
-        image = backend_of(cfg.env)[0] == "gymnasium" and is_atari_id(cfg.env)  # Nature CNN + heads: orthogonal
-        if image and not cfg.ortho_init:
-            raise ConfigError("--no-ortho-init does nothing with --policy feedforward on an Atari env: the Nature "
-                              "CNN and its heads are initialized orthogonally")
-        if (cfg.ortho_init or image) and cfg.default_init != base.default_init:
-            raise ConfigError(f"--default-init {cfg.default_init} does nothing with --policy feedforward and "
-                              f"{'an Atari env' if image else 'orthogonal init'}; it applies to recurrent cells and "
-                              "to MLP layers under --no-ortho-init")
         for name in RECURRENT_OPTIONS:
             if getattr(cfg, name) != getattr(base, name):
                 raise ConfigError(f"{_flag(name)} {_shown(getattr(cfg, name))} does nothing with --policy "
